@@ -1,0 +1,137 @@
+"""Decode a split once into a uint8 array (N, H, W, 3) plus integer labels, cached on disk.
+
+The cache key covers the list file's bytes, every image's path, size and modification time, and the
+image size, so an edited CSV, a replaced image or another `--image-size` never reuses a stale array.
+Trials never decode: the study puts the decoded arrays in the Ray object store once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from fsl.data.sources import SplitSource
+
+CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class DecodedSplit:
+    """A split held in memory: images (N, H, W, 3) uint8, labels (N,) int64 class indices."""
+
+    name: str
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    ids: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[1])
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=len(self.class_names))
+
+
+def default_cache_dir() -> Path:
+    """$FSL_CACHE_DIR, else $XDG_CACHE_HOME/fsl, else ~/.cache/fsl."""
+    if os.environ.get("FSL_CACHE_DIR"):
+        return Path(os.environ["FSL_CACHE_DIR"]).expanduser().resolve()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return (Path(base) / "fsl").resolve()
+
+
+def cache_key(source: SplitSource, image_size: int) -> str:
+    digest = hashlib.sha256(f"format={CACHE_FORMAT};size={image_size};split={source.name}".encode())
+    if source.listed_in.is_file():
+        digest.update(source.listed_in.read_bytes())
+    for image_id, path, label in zip(source.ids, source.paths, source.labels, strict=True):
+        stat = path.stat()
+        digest.update(f"{image_id}\0{path}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def load_image(path: Path, image_size: int, listed_in: Path | None = None, row: int | None = None) -> np.ndarray:
+    """Any mode (grayscale, RGBA, palette) and any size becomes RGB image_size x image_size uint8."""
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            if image.size != (image_size, image_size):
+                image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            return np.asarray(image, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        where = f"{listed_in}: row {row}: " if listed_in is not None and row is not None else ""
+        raise ValueError(f"{where}image {path} cannot be read ({err})") from None
+
+
+def decode_split(source: SplitSource, image_size: int, cache_dir: Path | None = None) -> DecodedSplit:
+    """Decode every image of the split (or load the cached array) into one DecodedSplit."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache_file = cache_dir / "decoded" / f"{source.name}-{image_size}px-{cache_key(source, image_size)}.npz"
+    class_names = source.class_names
+    if cache_file.is_file():
+        cached = _read_cache(cache_file)
+        if cached is not None and len(cached.labels) == len(source):
+            return cached
+    index = {name: i for i, name in enumerate(class_names)}
+    labels = np.array([index[label] for label in source.labels], dtype=np.int64)
+    # The CSV row of image i is i + 2 (one header line, rows counted from 1).
+    rows = range(2, len(source) + 2) if source.listed_in.is_file() else [None] * len(source)
+    listed_in = source.listed_in if source.listed_in.is_file() else None
+    images = np.empty((len(source), image_size, image_size, 3), dtype=np.uint8)
+
+    def decode_one(i: int) -> None:
+        images[i] = load_image(source.paths[i], image_size, listed_in, rows[i])
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        # list() re-raises the first decoding error in file order.
+        list(pool.map(decode_one, range(len(source))))
+    decoded = DecodedSplit(source.name, images, labels, class_names, source.ids)
+    _write_cache(cache_file, decoded)
+    return decoded
+
+
+def _read_cache(path: Path) -> DecodedSplit | None:
+    """A truncated or otherwise unreadable cache file is treated as absent, never used."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return DecodedSplit(
+                name=str(data["name"]),
+                images=data["images"],
+                labels=data["labels"],
+                class_names=tuple(str(c) for c in data["class_names"]),
+                ids=tuple(str(i) for i in data["ids"]),
+            )
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+
+
+def _write_cache(path: Path, split: DecodedSplit) -> None:
+    """Write to a temporary file and rename, so a crash never leaves a half-written cache behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            np.savez(
+                out,
+                name=np.array(split.name),
+                images=split.images,
+                labels=split.labels,
+                class_names=np.array(split.class_names),
+                ids=np.array(split.ids),
+            )
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

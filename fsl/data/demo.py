@@ -1,0 +1,176 @@
+"""A generated demo data set in the DLCV HW4 layout, deterministic from a seed.
+
+Each class is a combination of a shape, a colour and a texture. Within a class, position, size, rotation,
+colour shade, texture phase and frequency, the background and a distractor blob all vary, so a class is
+recognised from its combination of cues, not from one pixel statistic: an untrained Conv4 is well below a
+trained one. Images are written as PNG files with train.csv / val.csv and 5-way 1-shot 15-query fixed
+validation episodes, exactly like the real HW4 folders, so the demo run exercises the real loader.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from fsl.data.decoded import default_cache_dir
+from fsl.data.episodes import draw_fixed_episodes, write_fixed_episodes
+
+DEMO_VERSION = 1
+SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring", "star", "bar")
+TEXTURES = ("solid", "stripes", "dots", "checker", "rings")
+N_HUES = 8
+DEMO_EPISODES = {"n_way": 5, "k_shot": 1, "n_query": 15, "n_episodes": 600}
+
+
+def demo_root(seed: int = 0, image_size: int = 32, cache_dir: Path | None = None) -> Path:
+    base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return base / "demo" / f"v{DEMO_VERSION}-seed{seed}-{image_size}px"
+
+
+def ensure_demo_dataset(
+    seed: int = 0,
+    image_size: int = 32,
+    cache_dir: Path | None = None,
+    n_train_classes: int = 64,
+    n_val_classes: int = 16,
+    images_per_class: int = 60,
+) -> Path:
+    """Return the demo data folder, generating it on first use (atomically: a crash leaves nothing half-made)."""
+    root = demo_root(seed, image_size, cache_dir)
+    if (root / "val_testcase_gt.csv").is_file():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    try:
+        write_demo_dataset(staging, seed, image_size, n_train_classes, n_val_classes, images_per_class)
+        try:
+            os.rename(staging, root)
+        except OSError:
+            # Another process finished first; its copy is identical because generation is deterministic.
+            if not (root / "val_testcase_gt.csv").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return root
+
+
+def write_demo_dataset(
+    root: Path,
+    seed: int = 0,
+    image_size: int = 32,
+    n_train_classes: int = 64,
+    n_val_classes: int = 16,
+    images_per_class: int = 60,
+    episodes: dict[str, int] | None = None,
+) -> None:
+    """Write the HW4 layout into `root`: {train,val}.csv, {train,val}/*.png, val_testcase(_gt).csv.
+
+    `episodes` (n_way, k_shot, n_query, n_episodes) shapes the fixed validation episodes; HW4's by default.
+    """
+    rng = np.random.default_rng(seed)
+    combos = [(s, h, t) for s in range(len(SHAPES)) for h in range(N_HUES) for t in range(len(TEXTURES))]
+    n_classes = n_train_classes + n_val_classes
+    if n_classes > len(combos):
+        raise ValueError(f"the demo data set has at most {len(combos)} classes, {n_classes} were asked for")
+    chosen = rng.permutation(len(combos))[:n_classes]
+    splits = {"train": chosen[:n_train_classes], "val": chosen[n_train_classes:]}
+    for split, class_combos in splits.items():
+        (root / split).mkdir(parents=True)
+        rows = []
+        for combo_index in class_combos:
+            shape, hue, texture = combos[combo_index]
+            label = f"{SHAPES[shape]}-hue{hue}-{TEXTURES[texture]}"
+            images = render_class(shape, hue, texture, images_per_class, image_size, rng)
+            for i, image in enumerate(images):
+                filename = f"{label}_{i:04d}.png"
+                Image.fromarray(image).save(root / split / filename)
+                rows.append((len(rows), filename, label))
+        pd.DataFrame(rows, columns=["id", "filename", "label"]).to_csv(root / f"{split}.csv", index=False)
+    val = pd.read_csv(root / "val.csv", dtype=str)
+    labels = pd.factorize(val["label"])[0]
+    fixed = draw_fixed_episodes(labels, seed=seed + 1, **(episodes or DEMO_EPISODES))
+    write_fixed_episodes(fixed, list(val["id"]), root / "val_testcase.csv", root / "val_testcase_gt.csv")
+
+
+def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Vectorised HSV -> RGB for arrays of shape (n,); returns (n, 3) in [0, 1]."""
+    return np.array([colorsys.hsv_to_rgb(float(a), float(b), float(c)) for a, b, c in zip(h, s, v, strict=True)])
+
+
+def _shape_mask(shape: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    r = np.sqrt(u**2 + v**2)
+    if SHAPES[shape] == "circle":
+        return r < 0.9
+    if SHAPES[shape] == "square":
+        return np.maximum(abs(u), abs(v)) < 0.75
+    if SHAPES[shape] == "triangle":
+        return (v > -0.6) & (1.6 * abs(u) + v < 0.9)
+    if SHAPES[shape] == "diamond":
+        return abs(u) + abs(v) < 0.95
+    if SHAPES[shape] == "cross":
+        return ((abs(u) < 0.3) & (abs(v) < 0.95)) | ((abs(v) < 0.3) & (abs(u) < 0.95))
+    if SHAPES[shape] == "ring":
+        return (r > 0.5) & (r < 0.95)
+    if SHAPES[shape] == "star":
+        return r < 0.55 + 0.35 * np.cos(5 * np.arctan2(v, u))
+    return (abs(u) < 0.95) & (abs(v) < 0.35)  # bar
+
+
+def _texture(texture: int, u: np.ndarray, v: np.ndarray, freq: np.ndarray, phase: np.ndarray) -> np.ndarray:
+    """1 where the texture's darker ink is, 0 elsewhere."""
+    if TEXTURES[texture] == "solid":
+        return np.zeros_like(u)
+    if TEXTURES[texture] == "stripes":
+        return (np.sin(freq * u + phase) > 0).astype(float)
+    if TEXTURES[texture] == "dots":
+        return ((np.sin(freq * u + phase) * np.sin(freq * v + phase)) > 0.35).astype(float)
+    if TEXTURES[texture] == "checker":
+        return ((np.sin(freq * u + phase) * np.sin(freq * v)) > 0).astype(float)
+    return (np.sin(freq * np.sqrt(u**2 + v**2) * 1.5 + phase) > 0).astype(float)  # rings
+
+
+def render_class(shape: int, hue: int, texture: int, n: int, image_size: int, rng: np.random.Generator) -> np.ndarray:
+    """Render n images (n, S, S, 3) uint8 of one class, at twice the size then averaged down (anti-aliasing)."""
+    size = 2 * image_size
+    axis = (np.arange(size) + 0.5) / size * 2 - 1
+    y, x = np.meshgrid(axis, axis, indexing="ij")
+    x, y = x[None], y[None]
+
+    def per_image(low: float, high: float) -> np.ndarray:
+        return rng.uniform(low, high, size=(n, 1, 1))
+
+    # The object: position, size and rotation vary within the class.
+    cx, cy = per_image(-0.3, 0.3), per_image(-0.3, 0.3)
+    scale = per_image(0.45, 0.75)
+    angle = per_image(-0.5, 0.5)
+    dx, dy = (x - cx) / scale, (y - cy) / scale
+    u = np.cos(angle) * dx + np.sin(angle) * dy
+    v = -np.sin(angle) * dx + np.cos(angle) * dy
+    mask = _shape_mask(shape, u, v)
+    ink = _texture(texture, u, v, per_image(5.0, 8.0), per_image(0, 2 * np.pi))
+
+    # The class colour, with shade variation; the texture is drawn in a darker tone of the same hue.
+    colour = _hsv_to_rgb(
+        (hue / N_HUES + rng.normal(0, 0.02, n)) % 1, rng.uniform(0.55, 1.0, n), rng.uniform(0.6, 1.0, n)
+    )[:, None, None, :]
+    object_rgb = colour * (1 - 0.6 * ink[..., None])
+
+    # Background: a random, mostly grey colour with a gradient and noise, plus a distractor blob.
+    background = _hsv_to_rgb(rng.uniform(0, 1, n), rng.uniform(0, 0.35, n), rng.uniform(0.15, 0.85, n))
+    gradient = (per_image(-0.25, 0.25) * x + per_image(-0.25, 0.25) * y)[..., None]
+    image = background[:, None, None, :] + gradient
+    blob_x, blob_y, blob_r = per_image(-0.8, 0.8), per_image(-0.8, 0.8), per_image(0.1, 0.3)
+    blob = ((x - blob_x) ** 2 + (y - blob_y) ** 2 < blob_r**2) & (rng.uniform(size=(n, 1, 1)) < 0.6)
+    blob_rgb = _hsv_to_rgb(rng.uniform(0, 1, n), rng.uniform(0.3, 1, n), rng.uniform(0.3, 1, n))
+    image = np.where(blob[..., None], blob_rgb[:, None, None, :], image)
+    image = np.where(mask[..., None], object_rgb, image)
+    image = image + rng.normal(0, 0.05, size=image.shape)
+    image = image.reshape(n, image_size, 2, image_size, 2, 3).mean(axis=(2, 4))
+    return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)

@@ -1,0 +1,50 @@
+"""A compact progress log for the terminal: one line per trial start, epoch and end."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ray.tune import Callback
+
+
+class ProgressPrinter(Callback):
+    def __init__(self, searched: list[str], epochs: int, num_samples: int) -> None:
+        self.searched = searched
+        self.epochs = epochs
+        self.num_samples = num_samples
+        self._started = time.monotonic()
+        self._finished = 0
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._started = time.monotonic()  # a resumed study counts its own time
+
+    def _say(self, trial: Any, text: str) -> None:
+        elapsed = time.monotonic() - self._started
+        print(f"[{elapsed:6.0f}s] trial {trial.trial_id}: {text}", flush=True)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        params = " ".join(
+            f"{n}={trial.config[n]:.2e}" if isinstance(trial.config.get(n), float) else f"{n}={trial.config.get(n)}"
+            for n in self.searched
+        )
+        self._say(trial, f"started ({params or 'fixed configuration'})")
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self._say(
+            trial,
+            f"epoch {result.get('epoch')}/{self.epochs}  train_loss {result.get('train_loss', float('nan')):.3f}  "
+            f"val_acc {result.get('val_acc', float('nan')):.4f} ± {result.get('val_acc_ci95', float('nan')):.4f}  "
+            f"(best {result.get('best_val_acc', float('nan')):.4f})",
+        )
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finished += 1
+        epochs = (trial.last_result or {}).get("epoch", 0)
+        how = "finished" if epochs >= self.epochs else f"stopped early by ASHA after {epochs} epochs"
+        self._say(trial, f"{how} ({self._finished}/{self.num_samples} trials done)")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finished += 1
+        self._say(trial, f"FAILED ({self._finished}/{self.num_samples} trials done); see {trial.path}")

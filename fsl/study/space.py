@@ -1,0 +1,153 @@
+"""The search space of a ProtoNet study, and `--param` overrides that fix or narrow its dimensions.
+
+Dimensions are plain data here; `to_tune()` turns them into Ray Tune domains, which OptunaSearch converts
+to Optuna distributions. `--param NAME=VALUE` fixes a dimension (or sets any other config field);
+`NAME=LOW..HIGH` narrows a numeric range; `NAME=A,B,C` searches a list of choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from fsl.data.augment import POLICY_CHOICES
+from fsl.models.distances import DISTANCES
+from fsl.train.config import ProtoNetConfig
+
+FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(ProtoNetConfig)}
+# Set by the study's own flags (--epochs, --n-way, ...), not by --param.
+RUN_SHAPE_FIELDS = ("epochs", "episodes_per_epoch", "n_way", "k_shot", "n_query", "eval_episodes", "image_size", "seed")
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched parameter: a log-uniform or uniform float range, an integer range, or choices."""
+
+    name: str
+    kind: str  # "loguniform" | "uniform" | "int" | "choice"
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[Any, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind == "choice":
+            if not self.choices:
+                raise ValueError(f"{self.name}: empty list of choices")
+        elif self.low is None or self.high is None or not self.low <= self.high:
+            raise ValueError(f"{self.name}: empty range {self.low}..{self.high}")
+        elif self.kind == "loguniform" and self.low <= 0:
+            raise ValueError(f"{self.name}: a log-uniform range needs low > 0, got {self.low}")
+
+    def values_to_check(self) -> list[Any]:
+        """Values that must be valid for the whole dimension to be (the ends of a range, every choice)."""
+        return list(self.choices) if self.kind == "choice" else [self.low, self.high]
+
+    def contains(self, value: Any) -> bool:
+        if self.kind == "choice":
+            return value in self.choices
+        return self.low <= value <= self.high  # type: ignore[operator]
+
+    def to_tune(self) -> Any:
+        from ray import tune
+
+        if self.kind == "loguniform":
+            return tune.loguniform(self.low, self.high)
+        if self.kind == "uniform":
+            return tune.uniform(self.low, self.high)
+        if self.kind == "int":
+            return tune.randint(int(self.low), int(self.high) + 1)  # randint's upper end is exclusive
+        return tune.choice(list(self.choices))
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return "{" + ", ".join(str(c) for c in self.choices) + "}"
+        scale = " (log)" if self.kind == "loguniform" else ""
+        return f"[{self.low:g}, {self.high:g}]{scale}"
+
+
+def default_space(max_train_way: int = 30) -> dict[str, Dimension]:
+    """lr, augment, head_depth, distance, train_way: the study's default search dimensions."""
+    return {
+        "lr": Dimension("lr", "loguniform", 1e-4, 3e-2),
+        "augment": Dimension("augment", "choice", choices=POLICY_CHOICES),
+        "head_depth": Dimension("head_depth", "int", 0, 3),
+        "distance": Dimension("distance", "choice", choices=DISTANCES),
+        "train_way": Dimension("train_way", "int", 5, max(5, min(30, max_train_way))),
+    }
+
+
+def _parse_scalar(name: str, text: str, flag: str) -> Any:
+    kind = FIELD_TYPES[name]
+    text = text.strip()
+    try:
+        if kind == "float":
+            return float(text)
+        if kind == "int":
+            return int(text)
+        if kind == "bool":
+            lowered = text.lower()
+            if lowered in ("true", "1", "yes"):
+                return True
+            if lowered in ("false", "0", "no"):
+                return False
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{flag}: {name} expects a {kind}, got {text!r}") from None
+    return text
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """'lr=0.001' -> ('lr', 0.001); 'lr=1e-4..1e-2' and 'distance=euclidean,cosine' -> ('lr', Dimension)."""
+    flag = f"--param {text}"
+    name, sep, value = text.partition("=")
+    name = name.strip()
+    if not sep or not value.strip():
+        raise ValueError(f"{flag}: expected NAME=VALUE, NAME=LOW..HIGH or NAME=A,B,...")
+    if name not in FIELD_TYPES or name in RUN_SHAPE_FIELDS:
+        known = ", ".join(n for n in FIELD_TYPES if n not in RUN_SHAPE_FIELDS)
+        hint = f" (use --{name.replace('_', '-')})" if name in RUN_SHAPE_FIELDS else ""
+        raise ValueError(f"{flag}: unknown parameter {name!r}{hint}; known parameters: {known}")
+    kind = FIELD_TYPES[name]
+    if ".." in value and kind in ("float", "int"):
+        low_text, _, high_text = value.partition("..")
+        low, high = _parse_scalar(name, low_text, flag), _parse_scalar(name, high_text, flag)
+        dim_kind = "int" if kind == "int" else ("loguniform" if name == "lr" else "uniform")
+        try:
+            return name, Dimension(name, dim_kind, low, high)
+        except ValueError as err:
+            raise ValueError(f"{flag}: {err}") from None
+    if "," in value:
+        choices = tuple(dict.fromkeys(_parse_scalar(name, part, flag) for part in value.split(",")))
+        return name, Dimension(name, "choice", choices=choices)
+    return name, _parse_scalar(name, value, flag)
+
+
+def apply_params(
+    base: ProtoNetConfig, space: dict[str, Dimension], params: list[str]
+) -> tuple[ProtoNetConfig, dict[str, Dimension]]:
+    """Apply --param overrides: a fixed value leaves the space and goes into the base config.
+
+    Every value a trial could receive is validated here, before anything starts.
+    """
+    space = dict(space)
+    fixed: dict[str, Any] = {}
+    for text in params:
+        name, value = parse_param(text)
+        if isinstance(value, Dimension):
+            space[name] = value
+            fixed.pop(name, None)
+        else:
+            fixed[name] = value
+            space.pop(name, None)
+    try:
+        base = base.replace(**fixed)
+    except ValueError as err:
+        raise ValueError(f"--param {err}") from None
+    for dim in space.values():
+        for value in dim.values_to_check():
+            try:
+                base.replace(**{dim.name: value})
+            except ValueError as err:
+                raise ValueError(f"--param {dim.name}: {err}") from None
+    return base, space

@@ -1,0 +1,47 @@
+"""Which MLflow tracking store a study writes to, and what artifact folder goes with it."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from urllib.parse import urlparse
+
+# Schemes MLflow 3 serves as tracking stores (the ./mlruns file store is no longer one of them).
+TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+def resolve_tracking_uri(flag: str | None, cwd: Path | None = None) -> str:
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///<absolute working folder>/mlflow.db."""
+    uri = flag or os.environ.get("MLFLOW_TRACKING_URI") or ""
+    source = "--tracking-uri" if flag else "MLFLOW_TRACKING_URI"
+    if not uri:
+        return f"sqlite:///{(Path(cwd or Path.cwd()) / 'mlflow.db').resolve()}"
+    scheme = urlparse(uri).scheme.split("+")[0]
+    if scheme not in TRACKING_SCHEMES:
+        raise ValueError(
+            f"{source}={uri!r}: expected a URI such as sqlite:////abs/path/mlflow.db or http://host:5000 "
+            "(MLflow 3 no longer accepts file stores like ./mlruns)"
+        )
+    if scheme == "sqlite":
+        path = uri.split("sqlite:///", 1)[-1]
+        if not path.startswith("/"):
+            # Trials run in their own working folders: a relative database would split the study.
+            uri = f"sqlite:///{Path(path).resolve()}"
+        Path(uri.split("sqlite:///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+    return uri
+
+
+def artifact_location_for(uri: str, experiment: str) -> str | None:
+    """For a SQLite store, artifacts live beside the database (not in whatever folder MLflow was started
+    from); a tracking server chooses its own artifact store."""
+    if uri.startswith("sqlite:///"):
+        folder = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment)
+        return (Path(uri.split("sqlite:///", 1)[1]).parent / "mlartifacts" / folder).as_uri()
+    return None
+
+
+def ui_command(uri: str) -> str:
+    if uri.startswith("sqlite:///"):
+        return f"mlflow ui --backend-store-uri {uri} --port 5000"
+    return f"open {uri}"

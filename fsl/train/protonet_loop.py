@@ -1,0 +1,206 @@
+"""The ProtoNet epoch loop: episodic training, then evaluation on the fixed episodes, once per epoch.
+
+Plain PyTorch. The caller passes a `report(metrics, state)` callable that receives each epoch's metrics and a
+checkpointable state, so the same loop runs in a unit test, directly in a Tune trial, or on N Ray Train
+workers. With torch.distributed initialised, episodes and evaluation episodes are split across ranks and the
+metrics are all-reduced, so every rank reports the same numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from fsl.data.augment import augment, normalize, parse_policy, to_unit_float
+from fsl.data.decoded import DecodedSplit
+from fsl.data.episodes import EpisodeSampler, FixedEpisodes
+from fsl.methods.protonet import ProtoNet, protonet_loss
+from fsl.train.config import ProtoNetConfig
+from fsl.train.evaluate import ci95_from_sums, evaluate_episodes, unwrap
+
+Report = Callable[[dict[str, Any], dict[str, Any]], None]
+
+
+class TrainingDiverged(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where this copy of the loop runs: its device and its rank among data-parallel workers."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+
+def build_model(cfg: ProtoNetConfig) -> ProtoNet:
+    return ProtoNet(
+        image_size=cfg.image_size,
+        head_depth=cfg.head_depth,
+        head_width=cfg.head_width,
+        distance=cfg.distance,
+        temperature=cfg.temperature,
+        learn_temperature=cfg.learn_temperature,
+    )
+
+
+def build_optimizer(cfg: ProtoNetConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True
+    )
+
+
+def build_scheduler(cfg: ProtoNetConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per epoch."""
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_epochs, gamma=cfg.lr_gamma)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+
+
+def episodes_for_rank(total: int, rank: int, world_size: int) -> int:
+    """Split an epoch's episodes across ranks; every rank gets at least one (DDP steps must match)."""
+    return max(1, total // world_size + (1 if rank < total % world_size else 0))
+
+
+def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def train_protonet(
+    cfg: ProtoNetConfig,
+    train: DecodedSplit,
+    val: DecodedSplit,
+    val_episodes: FixedEpisodes,
+    report: Report,
+    placement: Placement | None = None,
+    resume_state: dict[str, Any] | None = None,
+    prepare_model: Callable[[nn.Module], nn.Module] | None = None,
+) -> dict[str, Any]:
+    """Train for cfg.epochs (continuing from resume_state), calling report() after every epoch.
+
+    Returns the last epoch's metrics. `prepare_model` wraps the model for data-parallel training (DDP);
+    by default the model is just moved to the device.
+    """
+    placement = placement or Placement(torch.device("cpu"))
+    device = placement.device
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and for every resume
+    model = build_model(cfg)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer)
+    start_epoch, best = 0, {"val_acc": -math.inf, "val_acc_ci95": 0.0, "epoch": 0, "model": None}
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        start_epoch = int(resume_state["epoch"])
+        best = dict(resume_state["best"])
+    model.to(device)
+    _move_optimizer_state(optimizer, device)
+    model = prepare_model(model) if prepare_model else model
+
+    train_images = _to_device(train.images, device)
+    val_images = _to_device(val.images, device)
+    sampler = EpisodeSampler(train.labels, cfg.train_way, cfg.k_shot, cfg.n_query)
+    eval_shard = val_episodes.head(cfg.eval_episodes).shard(placement.rank, placement.world_size)
+    policy = parse_policy(cfg.augment)
+    n_steps = episodes_for_rank(cfg.episodes_per_epoch, placement.rank, placement.world_size)
+
+    metrics: dict[str, Any] = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        started = time.perf_counter()
+        # Episodes depend only on (seed, epoch, rank): a resumed run sees the same data as an unbroken one.
+        rng = np.random.default_rng([cfg.seed, epoch, placement.rank])
+        generator = torch.Generator(device=device).manual_seed(int(rng.integers(2**62)))
+        model.train()
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        for _ in range(n_steps):
+            episode = sampler.sample(rng)
+            rows = torch.as_tensor(np.concatenate([episode.support, episode.query]), device=device)
+            x = to_unit_float(train_images.index_select(0, rows))
+            x = normalize(augment(x, policy, generator) if policy else x)
+            labels = torch.as_tensor(episode.query_labels, device=device)
+            loss = protonet_loss(model(x, cfg.train_way, cfg.k_shot), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+        scheduler.step()
+
+        result = evaluate_episodes(model, val_images, eval_shard)
+        acc = result.accuracies.astype(np.float64)
+        loss_total, n_total, acc_sum, acc_sq, n_eval = _all_reduce_sum(
+            [float(loss_sum), float(n_steps), float(acc.sum()), float((acc**2).sum()), float(acc.size)], device
+        )
+        local_loss = float(loss_sum) / n_steps
+        train_loss = loss_total / n_total
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"train_loss became {train_loss} in epoch {epoch + 1} (lr={cfg.lr})")
+        val_acc, val_ci95 = ci95_from_sums(acc_sum, acc_sq, n_eval)
+        if val_acc > best["val_acc"]:
+            best = {
+                "val_acc": val_acc,
+                "val_acc_ci95": val_ci95,
+                "epoch": epoch + 1,
+                "model": copy.deepcopy({k: v.cpu() for k, v in unwrap(model).state_dict().items()}),
+            }
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "val_acc": val_acc,
+            "val_acc_ci95": val_ci95,
+            "best_val_acc": best["val_acc"],
+            "best_val_acc_ci95": best["val_acc_ci95"],
+            "best_epoch": best["epoch"],
+            "current_lr": optimizer.param_groups[0]["lr"],  # after this epoch's schedule step
+            # This rank's own share, before the all-reduce: shows that every rank trained.
+            "local_episodes": n_steps,
+            "local_train_loss": local_loss,
+            "epoch_time_s": time.perf_counter() - started,
+        }
+        state = {
+            "model": {k: v.cpu() for k, v in unwrap(model).state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch + 1,
+            "best": best,
+            "config": cfg.to_dict(),
+        }
+        report(metrics, state)
+    return metrics
+
+
+def _to_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 images as a tensor on the device; on the CPU this shares memory with the (read-only) array."""
+    if not images.flags.writeable and device.type == "cpu":
+        # Read-only arrays come zero-copy from the Ray object store; the loop only reads them.
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(images)
+    return torch.from_numpy(np.ascontiguousarray(images)).to(device)
+
+
+def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and key != "step":
+                state[key] = value.to(device)

@@ -1,0 +1,164 @@
+"""A real study end to end: a real local Ray, Tune + Optuna + ASHA, and a real SQLite MLflow store."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from studies.protonet_search import main
+
+pytestmark = pytest.mark.ray
+
+EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def study(local_ray, tiny_hw4_master: Path, tmp_path_factory):
+    """One 5-trial study on the tiny data, trials one at a time so ASHA's decisions are reproducible."""
+    tmp = tmp_path_factory.mktemp("study")
+    argv = [
+        "--data",
+        str(tiny_hw4_master),
+        "--image-size",
+        "16",
+        "--n-query",
+        "5",
+        "--eval-episodes",
+        "30",
+        "--num-samples",
+        "5",
+        "--epochs",
+        str(EPOCHS),
+        "--episodes-per-epoch",
+        "3",
+        "--grace-period",
+        "1",
+        "--max-concurrent",
+        "1",
+        "--param",
+        "train_way=5..8",
+        "--storage",
+        str(tmp / "results"),
+        "--tracking-uri",
+        f"sqlite:///{tmp}/mlflow.db",
+        "--experiment",
+        "test-protonet",
+        "--study-name",
+        "tiny-study",
+    ]
+    code = main(argv)
+    return {"code": code, "argv": argv, "tmp": tmp, "uri": f"sqlite:///{tmp}/mlflow.db"}
+
+
+def _runs(uri: str) -> pd.DataFrame:
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs(experiment_names=["test-protonet"])
+
+
+def test_study_finishes(study, capsys):
+    assert study["code"] == 0
+
+
+def test_mlflow_has_one_parent_and_one_child_per_trial(study):
+    runs = _runs(study["uri"])
+    parents = runs[runs["tags.fsl.role"] == "study"]
+    children = runs[runs["tags.fsl.role"] == "trial"]
+    assert len(parents) == 1 and len(children) == 5
+    parent = parents.iloc[0]
+    assert parent["tags.mlflow.runName"] == "tiny-study" and parent["status"] == "FINISHED"
+    assert (children["tags.mlflow.parentRunId"] == parent["run_id"]).all()
+    assert children["tags.fsl.trial_id"].nunique() == 5
+    assert (children["status"] == "FINISHED").all()
+    for name in ("lr", "augment", "head_depth", "distance", "train_way", "epochs", "n_way", "k_shot"):
+        assert children[f"params.{name}"].notna().all(), name
+    assert children["params.train_way"].astype(int).between(5, 8).all()
+    # The first trial is the paper's recipe (clipped to the searched train_way range).
+    assert ((children["params.lr"] == "0.001") & (children["params.distance"] == "euclidean")).any()
+    assert parent["metrics.untrained_val_acc"] > 0
+    assert parent["metrics.best_val_acc"] == pytest.approx(children["metrics.final_best_val_acc"].max())
+
+
+def test_each_epoch_is_logged_once_and_early_stopping_happened(study):
+    client = MlflowClient(study["uri"])
+    children = _runs(study["uri"]).query("`tags.fsl.role` == 'trial'")
+    epochs_run = []
+    for run_id in children["run_id"]:
+        for key in ("val_acc", "val_acc_ci95", "train_loss"):
+            steps = [m.step for m in client.get_metric_history(run_id, key)]
+            assert steps == sorted(set(steps)) and steps[0] == 1, (key, steps)
+        epochs_run.append(len(client.get_metric_history(run_id, "val_acc")))
+    assert max(epochs_run) == EPOCHS
+    assert min(epochs_run) < EPOCHS  # ASHA stopped at least one trial early
+    assert (children["tags.fsl.stopped_early"] == "true").sum() == sum(n < EPOCHS for n in epochs_run)
+
+
+def test_checkpoints_and_summary_are_artifacts(study):
+    client = MlflowClient(study["uri"])
+    runs = _runs(study["uri"])
+    for run_id in runs.query("`tags.fsl.role` == 'trial'")["run_id"]:
+        assert [a.path for a in client.list_artifacts(run_id, "checkpoint")] == ["checkpoint/best_model.pt"]
+    parent_id = runs.query("`tags.fsl.role` == 'study'")["run_id"].iloc[0]
+    assert {a.path for a in client.list_artifacts(parent_id, "results")} == {
+        "results/results.csv",
+        "results/results.md",
+        "results/val_acc.png",
+    }
+    local = Path(client.download_artifacts(parent_id, "results/results.csv", str(study["tmp"] / "dl")))
+    table = pd.read_csv(local)
+    assert len(table) == 5 and table["best_val_acc"].is_monotonic_decreasing
+    assert set(table["mlflow_run_id"]) == set(runs.query("`tags.fsl.role` == 'trial'")["run_id"])
+    best_file = client.download_artifacts(
+        table["mlflow_run_id"][0], "checkpoint/best_model.pt", str(study["tmp"] / "dl")
+    )
+    from fsl.train.checkpoint import load_best_model
+
+    _, cfg, info = load_best_model(Path(best_file))
+    assert info["val_acc"] == pytest.approx(table["best_val_acc"][0])
+
+
+def test_resuming_a_finished_study_changes_nothing(study, capsys):
+    client = MlflowClient(study["uri"])
+    before = _runs(study["uri"])
+    histories = {r: len(client.get_metric_history(r, "val_acc")) for r in before["run_id"]}
+    assert main([*study["argv"], "--resume"]) == 0
+    after = _runs(study["uri"])
+    assert set(after["run_id"]) == set(before["run_id"])
+    assert {r: len(client.get_metric_history(r, "val_acc")) for r in after["run_id"]} == histories
+    parent_id = after.query("`tags.fsl.role` == 'study'")["run_id"].iloc[0]
+    assert len(client.get_metric_history(parent_id, "best_val_acc")) == 1
+    table = pd.read_csv(study["tmp"] / "results" / "tiny-study" / "results.csv")
+    assert len(table) == 5 and table["mlflow_run_id"].notna().all()
+    assert "Best trial" in capsys.readouterr().out
+
+
+def test_trial_results_are_in_ray_storage(study):
+    study_dir = study["tmp"] / "results" / "tiny-study"
+    trial_dirs = sorted(study_dir.glob("trial-*"))
+    assert len(trial_dirs) == 5
+    for trial_dir in trial_dirs:
+        lines = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+        assert [r["epoch"] for r in lines] == list(range(1, len(lines) + 1))
+        assert len(list(trial_dir.glob("checkpoint_*"))) == 1  # only the latest is kept
+
+
+def test_predictions_from_the_best_checkpoint_reproduce_its_accuracy(study, tiny_hw4_master: Path, capsys):
+    from studies.protonet_predict import main as predict
+
+    table = pd.read_csv(study["tmp"] / "results" / "tiny-study" / "results.csv")
+    out = study["tmp"] / "pred.csv"
+    uri = f"runs:/{table['mlflow_run_id'][0]}/checkpoint/best_model.pt"
+    assert (
+        predict(
+            ["--checkpoint", uri, "--tracking-uri", study["uri"], "--data", str(tiny_hw4_master), "--out", str(out)]
+        )
+        == 0
+    )
+    predicted = pd.read_csv(out)
+    truth = pd.read_csv(tiny_hw4_master / "val_testcase_gt.csv")
+    assert list(predicted.columns) == list(truth.columns) and len(predicted) == len(truth)
+    accuracy = (predicted.iloc[:, 1:].to_numpy() == truth.iloc[:, 1:].to_numpy()).mean()
+    assert accuracy == pytest.approx(table["best_val_acc"][0], abs=1e-6)
+    assert f"Accuracy against {tiny_hw4_master / 'val_testcase_gt.csv'}: {accuracy:.4f}" in capsys.readouterr().out
