@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -188,15 +189,12 @@ def train_protonet(
 
 
 def _to_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 images as a tensor on the device; on the CPU this shares memory with the (read-only) array."""
-    if not images.flags.writeable and device.type == "cpu":
-        # Read-only arrays come zero-copy from the Ray object store; the loop only reads them.
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.from_numpy(images)
-    return torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    """uint8 images as a tensor on the device. On the CPU it shares memory with the array, which may be a
+    read-only view of the Ray object store: the loop only ever reads it (index_select makes copies)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "the given NumPy array is not writable"
+        tensor = torch.from_numpy(images)
+    return tensor.to(device)
 
 
 def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
