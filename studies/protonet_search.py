@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="trials at once (default: as many as the cluster's resources fit)",
     )
     compute.add_argument(
+        "--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all cores; not with --address)"
+    )
+    compute.add_argument(
         "--address",
         default=None,
         help="attach to a running Ray cluster (e.g. auto or ray://host:10001); default a local Ray",
@@ -179,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             max_concurrent=args.max_concurrent,
             resources=TrialResources(args.workers_per_trial, args.cpus_per_worker, args.gpus_per_worker),
             address=args.address,
+            num_cpus=args.num_cpus,
             resume=args.resume,
             seed=args.seed,
             grace_period=args.grace_period,

@@ -142,6 +142,8 @@ def plan_study(
         raise ValueError(f"--num-samples must be >= 1, got {settings.num_samples}")
     if settings.max_concurrent is not None and settings.max_concurrent < 1:
         raise ValueError(f"--max-concurrent must be >= 1, got {settings.max_concurrent}")
+    if settings.address and settings.num_cpus is not None:
+        raise ValueError("--num-cpus sizes a local Ray; a cluster given by --address has its own resources")
     if settings.reduction_factor < 2:
         raise ValueError(f"ASHA reduction factor must be >= 2, got {settings.reduction_factor}")
     base, space = apply_params(base, default_space(), params)
@@ -190,6 +192,9 @@ def start_ray(settings: StudySettings) -> None:
     # Keeping one checkpoint per trial forces a (cheap, milliseconds) experiment snapshot after each one,
     # which is what makes --resume exact; Tune would warn about it on every epoch.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune snapshots the study every 10 s or more by default; a trial started after the last snapshot is
+    # unknown to --resume, which then reruns it under a new id. A snapshot takes milliseconds on local storage.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     if settings.address:
         ray.init(address=settings.address, log_to_driver=True)
     else:

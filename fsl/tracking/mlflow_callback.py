@@ -68,11 +68,12 @@ class MLflowStudyCallback(Callback):
         self.parent_run_id: str | None = None
         self._children: dict[str, str] = {}
         self._last_step: dict[str, int] = {}
+        self._reconciled = False
 
     # Tune pickles the callback with the experiment; the client and run caches are rebuilt after a restore.
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_client", "experiment_id", "parent_run_id", "_children", "_last_step"):
+        for key in ("_client", "experiment_id", "parent_run_id", "_children", "_last_step", "_reconciled"):
             state.pop(key, None)
         return state
 
@@ -156,6 +157,36 @@ class MLflowStudyCallback(Callback):
 
     def setup(self, **info: Any) -> None:
         self.ensure_parent()
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if not self._reconciled:
+            self._reconciled = True
+            self.close_orphaned_children({trial.trial_id for trial in trials})
+
+    def close_orphaned_children(self, known_trials: set[str]) -> None:
+        """After a driver crash, a child run may belong to a trial that Tune's last snapshot never saw (Tune
+        reruns it under a new id). An empty one is deleted (MLflow keeps it restorable); one with metrics is
+        kept, closed as KILLED and tagged, so nothing logged is lost."""
+        parent = self.ensure_parent()
+        for run in self._runs_with_parent(parent):
+            if run.data.tags.get(TRIAL_TAG) in known_trials or run.info.status != "RUNNING":
+                continue
+            if run.data.metrics:
+                self.client.set_tag(run.info.run_id, "fsl.orphaned", "true")
+                self.client.set_terminated(run.info.run_id, "KILLED")
+            else:
+                self.client.delete_run(run.info.run_id)
+
+    def _runs_with_parent(self, parent: str) -> list[Any]:
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id], f"tags.`{PARENT_TAG}` = {_quote(parent)}", max_results=1000, page_token=token
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.child_run(trial)

@@ -1,0 +1,96 @@
+"""The MLflow callback against a real SQLite store: parent/child runs, no duplicates on restarts, clean-up of
+children whose trial Tune never saved, and the tracking URI rules."""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from mlflow import MlflowClient
+
+from fsl.tracking.mlflow_callback import MLflowStudyCallback, child_run_name
+from fsl.tracking.uri import artifact_location_for, resolve_tracking_uri
+
+
+def _callback(tmp_path: Path, study_path: str = "/studies/s1") -> MLflowStudyCallback:
+    return MLflowStudyCallback(
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="unit", study_name="s1", study_path=study_path,
+        searched=["lr", "distance"], study_params={"num_samples": 3}, study_metrics={"untrained_val_acc": 0.3},
+        results_dir=str(tmp_path / "summary"),
+    )  # fmt: skip
+
+
+def _trial(trial_id: str, **config) -> SimpleNamespace:
+    return SimpleNamespace(trial_id=trial_id, config={"lr": 0.001, "distance": "cosine", "epochs": 3, **config})
+
+
+def test_children_are_found_again_and_epochs_are_logged_once(tmp_path: Path):
+    callback = _callback(tmp_path)
+    callback.setup()
+    trial = _trial("t1")
+    callback.on_trial_start(0, [], trial)
+    for epoch in (1, 2):
+        callback.on_trial_result(0, [], trial, {"epoch": epoch, "val_acc": 0.5 + epoch / 10, "train_loss": 1.0})
+
+    # A new driver process (a resumed study): same parent, same child, epochs 1-2 not logged again.
+    again = _callback(tmp_path)
+    again.setup()
+    assert again.parent_run_id == callback.parent_run_id
+    assert again.child_run(trial) == callback.child_run(trial)
+    for epoch in (1, 2, 3):
+        again.on_trial_result(0, [], trial, {"epoch": epoch, "val_acc": 0.9, "train_loss": 0.5})
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    history = client.get_metric_history(callback.child_run(trial), "val_acc")
+    assert [(m.step, round(m.value, 3)) for m in history] == [(1, 0.6), (2, 0.7), (3, 0.9)]
+    run = client.get_run(callback.child_run(trial))
+    assert run.data.params["lr"] == "0.001" and run.data.tags["mlflow.parentRunId"] == callback.parent_run_id
+    assert run.info.run_name == "lr=1.00e-03 distance=cosine"
+    parent = client.get_run(callback.parent_run_id)
+    assert parent.info.run_name == "s1" and parent.data.params["num_samples"] == "3"
+    assert parent.data.metrics["untrained_val_acc"] == pytest.approx(0.3)
+
+
+def test_another_study_gets_its_own_parent(tmp_path: Path):
+    first, second = _callback(tmp_path, "/studies/a"), _callback(tmp_path, "/studies/b")
+    assert first.ensure_parent() != second.ensure_parent()
+
+
+def test_children_of_trials_tune_never_saved_are_closed(tmp_path: Path):
+    callback = _callback(tmp_path)
+    callback.setup()
+    known, empty, logged = _trial("known"), _trial("lost-empty"), _trial("lost-logged")
+    for trial in (known, empty, logged):
+        callback.on_trial_start(0, [], trial)
+    callback.on_trial_result(0, [], logged, {"epoch": 1, "val_acc": 0.4})
+    ids = {t.trial_id: callback.child_run(t) for t in (known, empty, logged)}
+
+    resumed = _callback(tmp_path)
+    resumed.setup()
+    resumed.on_step_begin(0, [known])
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    assert client.get_run(ids["known"]).info.status == "RUNNING"
+    assert client.get_run(ids["lost-empty"]).info.lifecycle_stage == "deleted"
+    lost = client.get_run(ids["lost-logged"])
+    assert lost.info.status == "KILLED" and lost.data.tags["fsl.orphaned"] == "true"
+    assert lost.data.metrics["val_acc"] == pytest.approx(0.4)  # what was logged is kept
+
+
+def test_run_names():
+    assert child_run_name({"lr": 0.00032, "augment": "flip"}, ["lr", "augment"], "t") == "lr=3.20e-04 augment=flip"
+    assert child_run_name({}, [], "trial_1") == "trial_1"
+
+
+def test_tracking_uri_rules(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(None, cwd=tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert resolve_tracking_uri(None) == "http://127.0.0.1:5000"
+    assert resolve_tracking_uri("sqlite:///x.db").startswith("sqlite:////")  # made absolute
+    with pytest.raises(ValueError, match=r"--tracking-uri='file:///tmp/mlruns': expected a URI"):
+        resolve_tracking_uri("file:///tmp/mlruns")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "./mlruns")
+    with pytest.raises(ValueError, match=r"MLFLOW_TRACKING_URI='./mlruns'"):
+        resolve_tracking_uri(None)
+    assert (
+        artifact_location_for(f"sqlite:///{tmp_path}/m.db", "my exp") == (tmp_path / "mlartifacts" / "my_exp").as_uri()
+    )
+    assert artifact_location_for("http://host:5000", "x") is None
