@@ -16,11 +16,19 @@ fi
   echo "error: $PYTHON is $("$PYTHON" --version 2>&1); Python 3.11 or newer is needed (set PYTHON=...)" >&2
   exit 2
 }
-echo "Setting up $VENV (first run only: about 2 minutes) ..." >&2
+echo "Setting up $VENV (first run only: about 2 minutes; log in $VENV/install.log) ..." >&2
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --upgrade pip
+pip_install() {
+  "$VENV/bin/python" -m pip install --quiet "$@" >> "$VENV/install.log" 2>&1 || {
+    tail -n 30 "$VENV/install.log" >&2
+    echo "error: pip install $* failed; the whole log is in $VENV/install.log" >&2
+    exit 1
+  }
+}
+: > "$VENV/install.log"
+pip_install --upgrade pip
 # torch is pinned and installed first: left to itself pip may fetch a newer (multi-GB) CUDA build.
-"$VENV/bin/python" -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-"$VENV/bin/python" -m pip install --quiet -e ".[test]"
+pip_install "torch==2.14.1" "torchvision==0.29.1"
+pip_install -e ".[test]"
 echo "$want" > "$STAMP"
 echo "Environment ready: $VENV" >&2

@@ -187,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             grace_period=args.grace_period,
         )
+        if args.resume:
+            print(
+                f"Resuming study {study_name!r}: it keeps the search space, epochs and number of trials it was "
+                "started with; unfinished trials continue from their last checkpoint"
+            )
         print(f"Preparing study {study_name!r}: data {data_root}")
         plan = plan_study(data_root, base, args.param, settings)
     except (ValueError, FileNotFoundError) as err:

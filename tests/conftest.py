@@ -56,3 +56,12 @@ def local_ray():
     ray.init(address="local", num_cpus=4, include_dashboard=False, object_store_memory=200 * 1024**2)
     yield ray
     ray.shutdown()
+
+
+def tiny_study_argv(data: Path, tmp: Path, experiment: str, study: str | None = None) -> list[str]:
+    """The protonet_search.py flags every test study on the tiny data shares: its data and episode shape, and
+    storage plus a SQLite MLflow store in the test's own folder."""
+    argv = ["--data", str(data), "--image-size", "16", "--n-query", "5", "--eval-episodes", "30"]
+    argv += ["--storage", str(tmp / "results"), "--tracking-uri", f"sqlite:///{tmp}/mlflow.db"]
+    argv += ["--experiment", experiment]
+    return argv + (["--study-name", study] if study else [])

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import ray
+from conftest import tiny_study_argv
 
 from studies.protonet_search import main
 
@@ -93,21 +94,7 @@ CASES = [
 def test_bad_input_is_one_line_before_ray(tiny_hw4: Path, tmp_path: Path, capsys, damage, args, message):
     if damage:
         damage(tiny_hw4)
-    argv = [
-        "--data",
-        str(tiny_hw4),
-        "--image-size",
-        "16",
-        "--n-query",
-        "5",
-        "--eval-episodes",
-        "30",
-        "--storage",
-        str(tmp_path / "results"),
-        "--tracking-uri",
-        f"sqlite:///{tmp_path}/mlflow.db",
-        *args,
-    ]
+    argv = tiny_study_argv(tiny_hw4, tmp_path, "errors") + args
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
@@ -118,17 +105,7 @@ def test_bad_input_is_one_line_before_ray(tiny_hw4: Path, tmp_path: Path, capsys
 
 def test_existing_study_is_not_overwritten(tiny_hw4: Path, tmp_path: Path, capsys):
     (tmp_path / "results" / "mine").mkdir(parents=True)
-    argv = [
-        "--data",
-        str(tiny_hw4),
-        "--storage",
-        str(tmp_path / "results"),
-        "--study-name",
-        "mine",
-        "--tracking-uri",
-        f"sqlite:///{tmp_path}/mlflow.db",
-    ]
-    assert main(argv) == 2
+    assert main(tiny_study_argv(tiny_hw4, tmp_path, "errors", "mine")) == 2
     assert "a study already exists at" in capsys.readouterr().err
     assert not ray.is_initialized()
 
@@ -136,15 +113,7 @@ def test_existing_study_is_not_overwritten(tiny_hw4: Path, tmp_path: Path, capsy
 def test_unwritable_storage(tiny_hw4: Path, tmp_path: Path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("a file, not a folder")
-    argv = [
-        "--data",
-        str(tiny_hw4),
-        "--storage",
-        str(blocker / "results"),
-        "--tracking-uri",
-        f"sqlite:///{tmp_path}/mlflow.db",
-    ]
-    assert main(argv) == 2
+    assert main([*tiny_study_argv(tiny_hw4, tmp_path, "errors"), "--storage", str(blocker / "results")]) == 2
     assert f"--storage {blocker / 'results'}: cannot write there" in capsys.readouterr().err
 
 

@@ -5,54 +5,19 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from conftest import tiny_study_argv
 
 from studies.protonet_search import main
 
 pytestmark = pytest.mark.ray
 
-FIXED = [
-    "--param",
-    "lr=0.002",
-    "--param",
-    "augment=flip",
-    "--param",
-    "head_depth=1",
-    "--param",
-    "distance=cosine",
-    "--param",
-    "train_way=5",
-]
+FIXED = "--param lr=0.002 --param augment=flip --param head_depth=1 --param distance=cosine --param train_way=5"
 
 
 def test_two_worker_ddp_trial_trains_on_both_ranks(local_ray, tiny_hw4_master: Path, tmp_path: Path):
-    argv = [
-        "--data",
-        str(tiny_hw4_master),
-        "--image-size",
-        "16",
-        "--n-query",
-        "5",
-        "--eval-episodes",
-        "30",
-        "--num-samples",
-        "1",
-        "--epochs",
-        "2",
-        "--episodes-per-epoch",
-        "6",
-        *FIXED,
-        "--workers-per-trial",
-        "2",
-        "--cpus-per-worker",
-        "1",
-        "--storage",
-        str(tmp_path / "results"),
-        "--tracking-uri",
-        f"sqlite:///{tmp_path}/mlflow.db",
-        "--experiment",
-        "ddp",
-        "--study-name",
-        "ddp-study",
+    argv = tiny_study_argv(tiny_hw4_master, tmp_path, "ddp", "ddp-study") + [
+        *"--num-samples 1 --epochs 2 --episodes-per-epoch 6 --workers-per-trial 2 --cpus-per-worker 1".split(),
+        *FIXED.split(),
     ]
     assert main(argv) == 0
 
@@ -85,34 +50,9 @@ def test_ddp_trials_stopped_by_tune_release_their_workers(local_ray, tiny_hw4_ma
     test's Ray has no dashboard, so Ray's own State-API-based clean-up cannot do it either."""
     from ray.util.placement_group import placement_group_table
 
-    argv = [
-        "--data",
-        str(tiny_hw4_master),
-        "--image-size",
-        "16",
-        "--n-query",
-        "5",
-        "--eval-episodes",
-        "30",
-        "--num-samples",
-        "2",
-        "--epochs",
-        "1",
-        "--episodes-per-epoch",
-        "2",
-        *FIXED,
-        "--workers-per-trial",
-        "2",
-        "--max-concurrent",
-        "1",
-        "--storage",
-        str(tmp_path / "results"),
-        "--tracking-uri",
-        f"sqlite:///{tmp_path}/mlflow.db",
-        "--experiment",
-        "ddp-release",
-        "--study-name",
-        "release",
+    argv = tiny_study_argv(tiny_hw4_master, tmp_path, "ddp-release", "release") + [
+        *"--num-samples 2 --epochs 1 --episodes-per-epoch 2 --workers-per-trial 2 --max-concurrent 1".split(),
+        *FIXED.split(),
     ]
     assert main(argv) == 0
     trial_dirs = list((tmp_path / "results" / "release").glob("trial-*"))

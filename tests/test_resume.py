@@ -12,6 +12,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+from conftest import tiny_study_argv
 
 pytestmark = pytest.mark.ray
 
@@ -33,17 +34,17 @@ def _children(uri: str) -> pd.DataFrame:
 def test_resume_after_the_driver_is_killed(tiny_hw4_master: Path, tmp_path: Path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     argv = [
-        sys.executable, str(ROOT / "studies" / "protonet_search.py"),
-        "--data", str(tiny_hw4_master), "--image-size", "16", "--n-query", "5", "--eval-episodes", "30",
-        "--num-samples", str(SAMPLES), "--epochs", "3", "--episodes-per-epoch", "40", "--grace-period", "3",
-        "--max-concurrent", "1", "--num-cpus", "2",
-        "--storage", str(tmp_path / "results"), "--tracking-uri", uri, "--experiment", "resume",
-        "--study-name", "interrupted",
-    ]  # fmt: skip
+        sys.executable,
+        str(ROOT / "studies" / "protonet_search.py"),
+        *tiny_study_argv(tiny_hw4_master, tmp_path, "resume", "interrupted"),
+        *f"--num-samples {SAMPLES} --epochs 3 --episodes-per-epoch 40 --grace-period 3".split(),
+        *"--max-concurrent 1 --num-cpus 2".split(),
+    ]
     env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
     with open(tmp_path / "first.log", "w") as log:
-        first = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env,
-                                 start_new_session=True)  # fmt: skip
+        first = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env, start_new_session=True
+        )
         deadline = time.monotonic() + 240
         finished = running = pd.DataFrame()
         while time.monotonic() < deadline and first.poll() is None:

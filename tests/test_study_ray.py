@@ -6,6 +6,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+from conftest import tiny_study_argv
 from mlflow import MlflowClient
 
 from studies.protonet_search import main
@@ -19,35 +20,9 @@ EPOCHS = 3
 def study(local_ray, tiny_hw4_master: Path, tmp_path_factory):
     """One 5-trial study on the tiny data, trials one at a time so ASHA's decisions are reproducible."""
     tmp = tmp_path_factory.mktemp("study")
-    argv = [
-        "--data",
-        str(tiny_hw4_master),
-        "--image-size",
-        "16",
-        "--n-query",
-        "5",
-        "--eval-episodes",
-        "30",
-        "--num-samples",
-        "5",
-        "--epochs",
-        str(EPOCHS),
-        "--episodes-per-epoch",
-        "3",
-        "--grace-period",
-        "1",
-        "--max-concurrent",
-        "1",
-        "--param",
-        "train_way=5..8",
-        "--storage",
-        str(tmp / "results"),
-        "--tracking-uri",
-        f"sqlite:///{tmp}/mlflow.db",
-        "--experiment",
-        "test-protonet",
-        "--study-name",
-        "tiny-study",
+    argv = tiny_study_argv(tiny_hw4_master, tmp, "test-protonet", "tiny-study") + [
+        *f"--num-samples 5 --epochs {EPOCHS} --episodes-per-epoch 3 --grace-period 1 --max-concurrent 1".split(),
+        *"--param train_way=5..8".split(),
     ]
     code = main(argv)
     return {"code": code, "argv": argv, "tmp": tmp, "uri": f"sqlite:///{tmp}/mlflow.db"}

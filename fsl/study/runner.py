@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fsl.data.episodes import check_episode_fits
 from fsl.data.study_data import EpisodeShape, StudyData, load_study_data
 from fsl.distributed.protonet_train import TrialResources
 from fsl.study.space import Dimension, apply_params, default_space
@@ -171,8 +172,6 @@ def plan_study(
         space["train_way"] = Dimension(
             "train_way", "int", min(space["train_way"].low, n_train_classes), n_train_classes
         )
-    from fsl.data.episodes import check_episode_fits
-
     way = int(max_value(base, space, "train_way"))
     try:
         check_episode_fits(
@@ -188,7 +187,6 @@ def start_ray(settings: StudySettings) -> None:
 
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Keeping one checkpoint per trial forces a (cheap, milliseconds) experiment snapshot after each one,
     # which is what makes --resume exact; Tune would warn about it on every epoch.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -196,7 +194,7 @@ def start_ray(settings: StudySettings) -> None:
     # unknown to --resume, which then reruns it under a new id. A snapshot takes milliseconds on local storage.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     if settings.address:
-        ray.init(address=settings.address, log_to_driver=True)
+        ray.init(address=settings.address)
     else:
         # The dashboard (ray[default]) gives users the Ray UI and Ray Train its State API.
         ray.init(num_cpus=settings.num_cpus)
