@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -42,6 +43,9 @@ def artifact_location_for(uri: str, experiment: str) -> str | None:
 
 
 def ui_command(uri: str) -> str:
+    """How to open the MLflow UI on this store, with the mlflow installed beside this Python (the venv's)."""
     if uri.startswith("sqlite:///"):
-        return f"mlflow ui --backend-store-uri {uri} --port 5000"
+        beside = Path(sys.executable).parent / "mlflow"
+        mlflow = str(beside) if beside.is_file() else "mlflow"
+        return f"{mlflow} ui --backend-store-uri {uri} --port 5000"
     return f"open {uri}"
