@@ -36,13 +36,6 @@ class DecodedSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
-    @property
-    def image_size(self) -> int:
-        return int(self.images.shape[1])
-
-    def class_counts(self) -> np.ndarray:
-        return np.bincount(self.labels, minlength=len(self.class_names))
-
 
 def default_cache_dir() -> Path:
     """$FSL_CACHE_DIR, else $XDG_CACHE_HOME/fsl, else ~/.cache/fsl."""
