@@ -72,8 +72,11 @@ def episode_logits(model: ProtoNet, images: torch.Tensor, episodes: FixedEpisode
     try:
         used = np.unique(np.concatenate([episodes.support.ravel(), episodes.query.ravel()]))
         z = embed_rows(model, images, used)
-        position = {int(row): i for i, row in enumerate(used)}
-        to_z = np.vectorize(position.__getitem__, otypes=[np.int64])
+
+        # `used` is sorted, so a row's position among the embeddings is its searchsorted index.
+        def to_z(rows: np.ndarray) -> np.ndarray:
+            return np.searchsorted(used, rows)
+
         support_labels = torch.arange(episodes.n_way, device=z.device).repeat_interleave(episodes.k_shot)
         out = []
         for start in range(0, len(episodes), chunk):

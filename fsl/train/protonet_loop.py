@@ -8,7 +8,6 @@ metrics are all-reduced, so every rank reports the same numbers.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 import warnings
@@ -155,12 +154,14 @@ def train_protonet(
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"train_loss became {train_loss} in epoch {epoch + 1} (lr={cfg.lr})")
         val_acc, val_ci95 = ci95_from_sums(acc_sum, acc_sq, n_eval)
+        # One CPU copy of the weights per epoch serves both the checkpoint and, when it improved, the best model.
+        weights = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
         if val_acc > best["val_acc"]:
             best = {
                 "val_acc": val_acc,
                 "val_acc_ci95": val_ci95,
                 "epoch": epoch + 1,
-                "model": copy.deepcopy({k: v.cpu() for k, v in unwrap(model).state_dict().items()}),
+                "model": weights,
             }
         metrics = {
             "epoch": epoch + 1,
@@ -177,7 +178,7 @@ def train_protonet(
             "epoch_time_s": time.perf_counter() - started,
         }
         state = {
-            "model": {k: v.cpu() for k, v in unwrap(model).state_dict().items()},
+            "model": weights,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "epoch": epoch + 1,
