@@ -20,7 +20,7 @@ from fsl.data.decoded import decode_split
 from fsl.data.episodes import read_fixed_episodes, write_predictions_csv
 from fsl.data.sources import read_split
 from fsl.study.cli import fail
-from fsl.tracking.uri import resolve_tracking_uri
+from fsl.tracking.uri import resolve_checkpoint
 from fsl.train.checkpoint import load_best_model
 from fsl.train.evaluate import mean_ci95, predict_episodes
 
@@ -37,18 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="where to write the predictions CSV")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for runs:/ checkpoints")
     return parser
-
-
-def resolve_checkpoint(checkpoint: str, tracking_uri: str | None) -> Path:
-    if "://" not in checkpoint and not checkpoint.startswith("runs:/"):
-        return Path(checkpoint)
-    import mlflow
-
-    try:
-        local = mlflow.artifacts.download_artifacts(checkpoint, tracking_uri=resolve_tracking_uri(tracking_uri))
-    except Exception as err:  # MLflow raises several types for a missing run or artifact
-        raise ValueError(f"--checkpoint {checkpoint}: cannot download it ({str(err).splitlines()[0]})") from None
-    return Path(local)
 
 
 def main(argv: list[str] | None = None) -> int:

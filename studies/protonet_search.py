@@ -11,21 +11,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from fsl.data.demo import ensure_demo_dataset
-from fsl.distributed.protonet_train import TrialResources
-from fsl.study.cli import fail, print_outcome
-from fsl.study.runner import (
-    StudySettings,
-    latest_study,
-    normalise_storage,
-    plan_study,
-    run_study,
-)
+from fsl.study.cli import add_compute_args, add_output_args, add_search_args, fail, print_outcome, study_settings
+from fsl.study.protonet_study import describe_data, plan_study
+from fsl.study.runner import run_study
 from fsl.study.space import default_space
-from fsl.tracking.uri import resolve_tracking_uri
 from fsl.train.config import ProtoNetConfig
 
 STUDY_PREFIX = "protonet"
@@ -68,8 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fixed validation episodes per evaluation (default 600, as in HW4)",
     )
 
-    search = parser.add_argument_group("search")
-    search.add_argument("--num-samples", type=int, default=12, help="trials in the study (default 12)")
+    search = add_search_args(parser, 12, "trials in the study (default 12)")
     search.add_argument(
         "--epochs",
         type=int,
@@ -83,70 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="training episodes per epoch (default 20 on the demo data, 100 otherwise)",
     )
     search.add_argument(
-        "--param",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="fix or narrow a search dimension (repeatable; see below)",
-    )
-    search.add_argument(
         "--grace-period",
         type=int,
         default=None,
         help="ASHA: epochs every trial runs before it can be stopped (default epochs/4)",
     )
-    search.add_argument(
-        "--seed", type=int, default=0, help="seeds torch, the episode samplers and the Optuna sampler (default 0)"
-    )
-
-    compute = parser.add_argument_group("compute")
-    compute.add_argument(
-        "--workers-per-trial", type=int, default=1, help="Ray Train workers per trial; more than 1 runs DDP (default 1)"
-    )
-    compute.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker (default 1)")
-    compute.add_argument(
-        "--gpus-per-worker",
-        type=float,
-        default=0.0,
-        help="GPUs per worker; a fraction packs single-worker trials on one GPU (default 0)",
-    )
-    compute.add_argument(
-        "--max-concurrent",
-        type=int,
-        default=None,
-        help="trials at once (default: as many as the cluster's resources fit)",
-    )
-    compute.add_argument(
-        "--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all cores; not with --address)"
-    )
-    compute.add_argument(
-        "--address",
-        default=None,
-        help="attach to a running Ray cluster (e.g. auto or ray://host:10001); default a local Ray",
-    )
-
-    output = parser.add_argument_group("results and tracking")
-    output.add_argument(
-        "--storage",
-        default="fsl-results",
-        help="where Ray keeps studies, trials and checkpoints: a folder or s3://... (default ./fsl-results)",
-    )
-    output.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)",
-    )
-    output.add_argument("--experiment", default="protonet", help="MLflow experiment name (default protonet)")
-    output.add_argument(
-        "--study-name",
-        default=None,
-        help="name of the study: its folder under --storage and its MLflow parent run (default protonet-<date>-<time>)",
-    )
-    output.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue an interrupted study (the named one, or the latest under --storage)",
-    )
+    add_compute_args(parser)
+    add_output_args(parser, experiment="protonet", prefix=STUDY_PREFIX)
     return parser
 
 
@@ -156,13 +90,6 @@ def main(argv: list[str] | None = None) -> int:
         demo = args.data is None
         image_size = args.image_size or (32 if demo else 84)
         data_root = ensure_demo_dataset(seed=0, image_size=image_size) if demo else args.data
-        storage = normalise_storage(args.storage)
-        study_name = args.study_name
-        if study_name is None:
-            study_name = latest_study(storage, STUDY_PREFIX) if args.resume else None
-            if args.resume and study_name is None:
-                raise ValueError(f"--resume: no study to resume under {storage}")
-            study_name = study_name or time.strftime(f"{STUDY_PREFIX}-%Y%m%d-%H%M%S")
         base = ProtoNetConfig(
             epochs=args.epochs or (8 if demo else 20),
             episodes_per_epoch=args.episodes_per_epoch or (20 if demo else 100),
@@ -173,26 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             image_size=image_size,
             seed=args.seed,
         )
-        settings = StudySettings(
-            study_name=study_name,
-            storage=storage,
-            tracking_uri=resolve_tracking_uri(args.tracking_uri),
-            experiment=args.experiment,
-            num_samples=args.num_samples,
-            max_concurrent=args.max_concurrent,
-            resources=TrialResources(args.workers_per_trial, args.cpus_per_worker, args.gpus_per_worker),
-            address=args.address,
-            num_cpus=args.num_cpus,
-            resume=args.resume,
-            seed=args.seed,
-            grace_period=args.grace_period,
-        )
-        if args.resume:
-            print(
-                f"Resuming study {study_name!r}: it keeps the search space, epochs and number of trials it was "
-                "started with; unfinished trials continue from their last checkpoint"
-            )
-        print(f"Preparing study {study_name!r}: data {data_root}")
+        settings = study_settings(args, STUDY_PREFIX, grace_period=args.grace_period)
+        print(f"Preparing study {settings.study_name!r}: data {data_root}")
         plan = plan_study(data_root, base, args.param, settings)
     except (ValueError, FileNotFoundError) as err:
         return fail(err)
@@ -205,13 +114,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_plan_header(plan) -> None:  # noqa: ANN001
-    data = plan.data
-    print(
-        f"Data: {len(data.train)} train images / {len(data.train.class_names)} classes, {len(data.val)} val images / "
-        f"{len(data.val.class_names)} classes at {plan.base.image_size} px; {len(data.val_episodes)} fixed "
-        f"{plan.base.n_way}-way {plan.base.k_shot}-shot episodes from {data.episodes_file}"
-    )
-    print(f"Untrained Conv4 on these episodes: val_acc {plan.untrained[0]:.4f} ± {plan.untrained[1]:.4f}")
+    print(describe_data(plan))
+    print(f"Untrained Conv4 on these episodes: val_acc {plan.baseline[0]:.4f} ± {plan.baseline[1]:.4f}")
     searched = ", ".join(f"{n} {d.describe()}" for n, d in plan.space.items()) or "nothing (all fixed)"
     print(
         f"Searching {searched}; {plan.settings.num_samples} trials x up to {plan.base.epochs} epochs of "

@@ -36,6 +36,18 @@ class DecodedSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def labels_in(self, class_names: tuple[str, ...], listed_in: str) -> np.ndarray:
+        """This split's labels as indices into another split's classes (val scored by a train-split
+        classifier); a class the other split lacks is an error naming it and where it is listed."""
+        index = {name: i for i, name in enumerate(class_names)}
+        unknown = [name for name in self.class_names if name not in index]
+        if unknown:
+            raise ValueError(
+                f"{listed_in}: label {unknown[0]!r} is not a class of the training split"
+                + (f" ({len(unknown)} such labels)" if len(unknown) > 1 else "")
+            )
+        return np.array([index[name] for name in self.class_names], dtype=np.int64)[self.labels]
+
 
 def default_cache_dir() -> Path:
     """$FSL_CACHE_DIR, else $XDG_CACHE_HOME/fsl, else ~/.cache/fsl."""

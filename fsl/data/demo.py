@@ -5,6 +5,11 @@ colour shade, texture phase and frequency, the background and a distractor blob 
 recognised from its combination of cues, not from one pixel statistic: an untrained Conv4 is well below a
 trained one. Images are written as PNG files with train.csv / val.csv and 5-way 1-shot 15-query fixed
 validation episodes, exactly like the real HW4 folders, so the demo run exercises the real loader.
+
+An Office-Home-like demo set sits beside it (`ensure_office_demo_dataset`): the same shapes, hues, textures and
+renderer, so features learned on the Mini-like set transfer, but other (shape, hue, texture) classes, another
+"domain" (a bright studio backdrop with a drop shadow instead of a cluttered grey one) and few images per class,
+so training from scratch is hard and pre-training on the Mini-like set helps, as with the real Office-Home.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import colorsys
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +33,16 @@ SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring", "star", "b
 TEXTURES = ("solid", "stripes", "dots", "checker", "rings")
 N_HUES = 8
 DEMO_EPISODES = {"n_way": 5, "k_shot": 1, "n_query": 15, "n_episodes": 600}
+# Every (shape, hue, texture) class, in a fixed order; a seed permutes them (`_combo_order`).
+COMBOS = tuple((s, h, t) for s in range(len(SHAPES)) for h in range(N_HUES) for t in range(len(TEXTURES)))
+# The Mini-like demo's default class count (64 train + 16 val): the office demo never uses these classes.
+DEMO_N_CLASSES = 64 + 16
+# How render_class draws the background: "clutter" (the Mini-like demo) or "studio" (the office demo's domain).
+BACKGROUNDS = ("clutter", "studio")
+
+OFFICE_DEMO_VERSION = 1
+# The office demo's images are drawn from this stream of the seed, not the Mini-like demo's.
+_OFFICE_STREAM = 1
 
 
 def demo_root(seed: int = 0, image_size: int = 32, cache_dir: Path | None = None) -> Path:
@@ -43,18 +59,27 @@ def ensure_demo_dataset(
     images_per_class: int = 60,
 ) -> Path:
     """Return the demo data folder, generating it on first use (atomically: a crash leaves nothing half-made)."""
-    root = demo_root(seed, image_size, cache_dir)
-    if (root / "val_testcase_gt.csv").is_file():
+    return _generate_once(
+        demo_root(seed, image_size, cache_dir),
+        "val_testcase_gt.csv",
+        lambda staging: write_demo_dataset(staging, seed, image_size, n_train_classes, n_val_classes, images_per_class),
+    )
+
+
+def _generate_once(root: Path, last_file: str, write: Callable[[Path], None]) -> Path:
+    """Return `root`, first calling write(staging) on a fresh sibling folder and renaming it to `root` if
+    `root`/`last_file` (the file generation writes last) is missing; a crash leaves nothing half-made."""
+    if (root / last_file).is_file():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
-        write_demo_dataset(staging, seed, image_size, n_train_classes, n_val_classes, images_per_class)
+        write(staging)
         try:
             os.rename(staging, root)
         except OSError:
             # Another process finished first; its copy is identical because generation is deterministic.
-            if not (root / "val_testcase_gt.csv").is_file():
+            if not (root / last_file).is_file():
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -75,28 +100,119 @@ def write_demo_dataset(
     `episodes` (n_way, k_shot, n_query, n_episodes) shapes the fixed validation episodes; HW4's by default.
     """
     rng = np.random.default_rng(seed)
-    combos = [(s, h, t) for s in range(len(SHAPES)) for h in range(N_HUES) for t in range(len(TEXTURES))]
     n_classes = n_train_classes + n_val_classes
-    if n_classes > len(combos):
-        raise ValueError(f"the demo data set has at most {len(combos)} classes, {n_classes} were asked for")
-    chosen = rng.permutation(len(combos))[:n_classes]
-    splits = {"train": chosen[:n_train_classes], "val": chosen[n_train_classes:]}
-    for split, class_combos in splits.items():
-        (root / split).mkdir(parents=True)
-        rows = []
-        for combo_index in class_combos:
-            shape, hue, texture = combos[combo_index]
-            label = f"{SHAPES[shape]}-hue{hue}-{TEXTURES[texture]}"
-            images = render_class(shape, hue, texture, images_per_class, image_size, rng)
-            for i, image in enumerate(images):
-                filename = f"{label}_{i:04d}.png"
-                Image.fromarray(image).save(root / split / filename)
-                rows.append((len(rows), filename, label))
-        pd.DataFrame(rows, columns=["id", "filename", "label"]).to_csv(root / f"{split}.csv", index=False)
+    if n_classes > len(COMBOS):
+        raise ValueError(f"the demo data set has at most {len(COMBOS)} classes, {n_classes} were asked for")
+    # The same draw as demo_class_combos(seed, n_classes), on the rng that then renders the images.
+    chosen = [COMBOS[i] for i in _combo_order(rng)[:n_classes]]
+    _write_split(root, "train", chosen[:n_train_classes], images_per_class, image_size, rng)
+    _write_split(root, "val", chosen[n_train_classes:], images_per_class, image_size, rng)
     val = pd.read_csv(root / "val.csv", dtype=str)
     labels = pd.factorize(val["label"])[0]
     fixed = draw_fixed_episodes(labels, seed=seed + 1, **(episodes or DEMO_EPISODES))
     write_fixed_episodes(fixed, list(val["id"]), root / "val_testcase.csv", root / "val_testcase_gt.csv")
+
+
+def _combo_order(rng: np.random.Generator) -> np.ndarray:
+    """The seed's order of all COMBOS (indices); the Mini-like demo takes a prefix, the office demo the tail."""
+    return rng.permutation(len(COMBOS))
+
+
+def class_label(combo: tuple[int, int, int]) -> str:
+    """The readable class name of a (shape, hue, texture) combination, e.g. 'star-hue3-dots'."""
+    shape, hue, texture = combo
+    return f"{SHAPES[shape]}-hue{hue}-{TEXTURES[texture]}"
+
+
+def demo_class_combos(seed: int = 0, n_classes: int = DEMO_N_CLASSES) -> list[tuple[int, int, int]]:
+    """The classes write_demo_dataset(seed=seed) uses when it makes n_classes (train first, then val)."""
+    if not 0 <= n_classes <= len(COMBOS):
+        raise ValueError(f"the demo data set has at most {len(COMBOS)} classes, {n_classes} were asked for")
+    return [COMBOS[i] for i in _combo_order(np.random.default_rng(seed))[:n_classes]]
+
+
+def office_class_combos(seed: int = 0, n_classes: int = 65) -> list[tuple[int, int, int]]:
+    """The office demo's classes for a seed: the tail of the seed's combination order, read backwards.
+
+    The Mini-like demo takes a prefix of that same order, so the two are disjoint whenever the Mini-like
+    demo's classes and these fit together in the COMBOS; this is why at most len(COMBOS) - DEMO_N_CLASSES
+    classes may be asked for: never one of the Mini-like demo's default classes for the same seed.
+    """
+    limit = len(COMBOS) - DEMO_N_CLASSES
+    if not 0 <= n_classes <= limit:
+        raise ValueError(f"the office demo data set has at most {limit} classes, {n_classes} were asked for")
+    order = _combo_order(np.random.default_rng(seed))
+    return [COMBOS[i] for i in order[::-1][:n_classes]]
+
+
+def _write_split(
+    root: Path,
+    split: str,
+    combos: list[tuple[int, int, int]],
+    per_class: int,
+    image_size: int,
+    rng: np.random.Generator,
+    background: str = "clutter",
+    first_id: int = 0,
+) -> None:
+    """Render `per_class` images of each class into root/split/ and list them in root/split.csv."""
+    (root / split).mkdir(parents=True)
+    rows = []
+    for combo in combos:
+        label = class_label(combo)
+        images = render_class(*combo, per_class, image_size, rng, background=background)
+        for i, image in enumerate(images):
+            filename = f"{label}_{i:04d}.png"
+            Image.fromarray(image).save(root / split / filename)
+            rows.append((first_id + len(rows), filename, label))
+    pd.DataFrame(rows, columns=["id", "filename", "label"]).to_csv(root / f"{split}.csv", index=False)
+
+
+# --- the Office-Home-like demo -----------------------------------------------------------------------------
+
+
+def office_demo_root(seed: int = 0, image_size: int = 32, cache_dir: Path | None = None) -> Path:
+    base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return base / "demo" / f"office-v{OFFICE_DEMO_VERSION}-seed{seed}-{image_size}px"
+
+
+def ensure_office_demo_dataset(
+    seed: int = 0,
+    image_size: int = 32,
+    cache_dir: Path | None = None,
+    n_classes: int = 65,
+    train_per_class: int = 12,
+    val_per_class: int = 6,
+) -> Path:
+    """Return the office demo data folder, generating it on first use (atomically, like ensure_demo_dataset).
+
+    The folder name holds seed and image size only: pass other sizes together with their own cache_dir.
+    """
+    return _generate_once(
+        office_demo_root(seed, image_size, cache_dir),
+        "val.csv",
+        lambda staging: write_office_demo_dataset(staging, seed, image_size, n_classes, train_per_class, val_per_class),
+    )
+
+
+def write_office_demo_dataset(
+    root: Path,
+    seed: int = 0,
+    image_size: int = 32,
+    n_classes: int = 65,
+    train_per_class: int = 12,
+    val_per_class: int = 6,
+) -> None:
+    """Write an Office-Home-like HW4 layout into `root`: {train,val}.csv and {train,val}/*.png, no val_testcase.
+
+    Both splits hold the same `n_classes` classes (office_class_combos: none is a Mini-like demo class of the
+    same seed), drawn on a "studio" background; val ids continue after train's, so the two never share one.
+    """
+    combos = office_class_combos(seed, n_classes)
+    rng = np.random.default_rng([seed, _OFFICE_STREAM])
+    _write_split(root, "train", combos, train_per_class, image_size, rng, background="studio")
+    first_val_id = n_classes * train_per_class
+    _write_split(root, "val", combos, val_per_class, image_size, rng, background="studio", first_id=first_val_id)
 
 
 def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -136,8 +252,22 @@ def _texture(texture: int, u: np.ndarray, v: np.ndarray, freq: np.ndarray, phase
     return (np.sin(freq * np.sqrt(u**2 + v**2) * 1.5 + phase) > 0).astype(float)  # rings
 
 
-def render_class(shape: int, hue: int, texture: int, n: int, image_size: int, rng: np.random.Generator) -> np.ndarray:
-    """Render n images (n, S, S, 3) uint8 of one class, at twice the size then averaged down (anti-aliasing)."""
+def render_class(
+    shape: int,
+    hue: int,
+    texture: int,
+    n: int,
+    image_size: int,
+    rng: np.random.Generator,
+    background: str = "clutter",
+) -> np.ndarray:
+    """Render n images (n, S, S, 3) uint8 of one class, at twice the size then averaged down (anti-aliasing).
+
+    `background` is the domain: "clutter" (a random, mostly grey, dim-to-mid backdrop) or "studio" (a bright,
+    near-white backdrop lit from above, with the object's soft drop shadow). Both add a distractor blob.
+    """
+    if background not in BACKGROUNDS:
+        raise ValueError(f"unknown background {background!r}; expected one of {', '.join(BACKGROUNDS)}")
     size = 2 * image_size
     axis = (np.arange(size) + 0.5) / size * 2 - 1
     y, x = np.meshgrid(axis, axis, indexing="ij")
@@ -162,10 +292,20 @@ def render_class(shape: int, hue: int, texture: int, n: int, image_size: int, rn
     )[:, None, None, :]
     object_rgb = colour * (1 - 0.6 * ink[..., None])
 
-    # Background: a random, mostly grey colour with a gradient and noise, plus a distractor blob.
-    background = _hsv_to_rgb(rng.uniform(0, 1, n), rng.uniform(0, 0.35, n), rng.uniform(0.15, 0.85, n))
-    gradient = (per_image(-0.25, 0.25) * x + per_image(-0.25, 0.25) * y)[..., None]
-    image = background[:, None, None, :] + gradient
+    if background == "clutter":
+        # Background: a random, mostly grey colour with a gradient and noise, plus a distractor blob.
+        backdrop = _hsv_to_rgb(rng.uniform(0, 1, n), rng.uniform(0, 0.35, n), rng.uniform(0.15, 0.85, n))
+        gradient = (per_image(-0.25, 0.25) * x + per_image(-0.25, 0.25) * y)[..., None]
+        image = backdrop[:, None, None, :] + gradient
+    else:
+        # Studio: a near-white, faintly tinted backdrop, lighter at the top, and the object's soft shadow
+        # (its own shape, shifted down and sideways) darkening it.
+        backdrop = _hsv_to_rgb(rng.uniform(0, 1, n), rng.uniform(0, 0.12, n), rng.uniform(0.85, 1.0, n))
+        gradient = (per_image(0.05, 0.15) * -y + per_image(-0.05, 0.05) * x)[..., None]
+        shadow_dx, shadow_dy = per_image(-0.15, 0.15), per_image(0.08, 0.2)
+        sx, sy = dx - shadow_dx / scale, dy - shadow_dy / scale
+        shadow = _shape_mask(shape, np.cos(angle) * sx + np.sin(angle) * sy, -np.sin(angle) * sx + np.cos(angle) * sy)
+        image = backdrop[:, None, None, :] + gradient - (0.3 * shadow)[..., None]
     blob_x, blob_y, blob_r = per_image(-0.8, 0.8), per_image(-0.8, 0.8), per_image(0.1, 0.3)
     blob = ((x - blob_x) ** 2 + (y - blob_y) ** 2 < blob_r**2) & (rng.uniform(size=(n, 1, 1)) < 0.6)
     blob_rgb = _hsv_to_rgb(rng.uniform(0, 1, n), rng.uniform(0.3, 1, n), rng.uniform(0.3, 1, n))

@@ -1,4 +1,4 @@
-"""Everything a ProtoNet study reads from disk, loaded and checked once before any trial starts."""
+"""Everything a study reads from disk, loaded and checked once before any trial starts."""
 
 from __future__ import annotations
 
@@ -82,3 +82,13 @@ def load_study_data(
     )
     write_fixed_episodes(episodes, val.ids, saved, saved_gt)
     return StudyData(root, train, val, episodes, saved)
+
+
+def load_labelled_splits(
+    root: Path, image_size: int, cache_dir: Path | None = None
+) -> tuple[Path, DecodedSplit, DecodedSplit]:
+    """The train and val splits of a folder (HW4 layout or ImageFolder), decoded (cached)."""
+    root = Path(root).resolve()
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    train, val = (decode_split(read_split(root, name), image_size, cache_dir) for name in ("train", "val"))
+    return root, train, val

@@ -2,10 +2,114 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
+import time
 from typing import Any
 
-from fsl.tracking.uri import ui_command
+from fsl.distributed.train_trial import TrialResources
+from fsl.study.runner import StudySettings, latest_study, normalise_storage
+from fsl.tracking.uri import resolve_tracking_uri, ui_command
+
+
+def add_search_args(parser: argparse.ArgumentParser, num_samples: int | None, what: str) -> Any:
+    """--num-samples, --param, --seed: the flags every study's search takes."""
+    search = parser.add_argument_group("search")
+    search.add_argument("--num-samples", type=int, default=num_samples, help=what)
+    search.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="fix or narrow a search dimension, or set another config field (repeatable; see below)",
+    )
+    search.add_argument(
+        "--seed", type=int, default=0, help="seeds torch, the data order and the Optuna sampler (default 0)"
+    )
+    return search
+
+
+def add_compute_args(parser: argparse.ArgumentParser) -> None:
+    compute = parser.add_argument_group("compute")
+    compute.add_argument(
+        "--workers-per-trial", type=int, default=1, help="Ray Train workers per trial; more than 1 runs DDP (default 1)"
+    )
+    compute.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker (default 1)")
+    compute.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=0.0,
+        help="GPUs per worker; a fraction packs single-worker trials on one GPU (default 0)",
+    )
+    compute.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=None,
+        help="trials at once (default: as many as the cluster's resources fit)",
+    )
+    compute.add_argument(
+        "--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all cores; not with --address)"
+    )
+    compute.add_argument(
+        "--address",
+        default=None,
+        help="attach to a running Ray cluster (e.g. auto or ray://host:10001); default a local Ray",
+    )
+
+
+def add_output_args(parser: argparse.ArgumentParser, experiment: str, prefix: str) -> None:
+    output = parser.add_argument_group("results and tracking")
+    output.add_argument(
+        "--storage",
+        default="fsl-results",
+        help="where Ray keeps studies, trials and checkpoints: a folder or s3://... (default ./fsl-results)",
+    )
+    output.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)",
+    )
+    output.add_argument("--experiment", default=experiment, help=f"MLflow experiment name (default {experiment})")
+    output.add_argument(
+        "--study-name",
+        default=None,
+        help=f"its folder under --storage and its MLflow parent run name (default {prefix}-<date>-<time>)",
+    )
+    output.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted study (the named one, or the latest under --storage)",
+    )
+
+
+def study_settings(args: argparse.Namespace, prefix: str, grace_period: int | None = None) -> StudySettings:
+    """The StudySettings of the shared flags; a new study is named <prefix>-<date>-<time>."""
+    storage = normalise_storage(args.storage)
+    study_name = args.study_name
+    if study_name is None:
+        study_name = latest_study(storage, prefix) if args.resume else None
+        if args.resume and study_name is None:
+            raise ValueError(f"--resume: no study to resume under {storage}")
+        study_name = study_name or time.strftime(f"{prefix}-%Y%m%d-%H%M%S")
+    if args.resume:
+        print(
+            f"Resuming study {study_name!r}: it keeps the search space, epochs and number of trials it was "
+            "started with; unfinished trials continue from their last checkpoint"
+        )
+    return StudySettings(
+        study_name=study_name,
+        storage=storage,
+        tracking_uri=resolve_tracking_uri(args.tracking_uri),
+        experiment=args.experiment,
+        num_samples=args.num_samples,
+        max_concurrent=args.max_concurrent,
+        resources=TrialResources(args.workers_per_trial, args.cpus_per_worker, args.gpus_per_worker),
+        address=args.address,
+        num_cpus=args.num_cpus,
+        resume=args.resume,
+        seed=args.seed,
+        grace_period=grace_period,
+    )
 
 
 def fail(err: BaseException) -> int:
@@ -18,31 +122,32 @@ def fail(err: BaseException) -> int:
 
 
 def print_outcome(plan: Any, outcome: Any) -> int:
-    s = plan.settings
+    s, metric = plan.settings, plan.metric
     print()
     if outcome.best is None:
         print(f"No trial finished an epoch; see {outcome.results_csv} and the trial errors above.")
         return 1
     best = outcome.best
     params = " ".join(
-        f"{name}={best[name]:.3g}" if isinstance(best[name], float) else f"{name}={best[name]}" for name in plan.space
+        f"{name}={best[name]:.3g}" if isinstance(best[name], float) else f"{name}={best[name]}" for name in plan.shown
     )
-    untrained_acc, untrained_ci = plan.untrained
-    episodes = f"{plan.base.n_way}-way {plan.base.k_shot}-shot, {len(plan.data.val_episodes)} fixed episodes"
+    score = best[f"best_{metric}"]
     print(f"Best trial {best['trial_id']} ({params or 'fixed configuration'}):")
     print(
-        f"  val_acc {best['best_val_acc']:.4f} ± {best['best_val_acc_ci95']:.4f} ({episodes}, epoch "
-        f"{int(best['best_epoch'])})"
+        f"  {metric} {score:.4f} ± {best[f'best_{metric}_ci95']:.4f} "
+        f"({plan.evaluation}, epoch {int(best['best_epoch'])})"
     )
-    print(
-        f"  untrained Conv4 on the same episodes: {untrained_acc:.4f} ± {untrained_ci:.4f} "
-        f"({100 * (best['best_val_acc'] - untrained_acc):+.1f} points)"
-    )
+    if plan.baseline is not None:
+        base_score, base_ci = plan.baseline
+        print(
+            f"  {plan.baseline_name} on the same data: {base_score:.4f} ± {base_ci:.4f} "
+            f"({100 * (score - base_score):+.1f} points)"
+        )
     counts = outcome.table["status"].value_counts().to_dict() if not outcome.table.empty else {}
     stopped = int((outcome.table["epochs_run"] < outcome.table["epochs"]).sum()) if not outcome.table.empty else 0
     print(
-        f"Trials: {len(outcome.table)} ({', '.join(f'{v} {k.lower()}' for k, v in counts.items())}; "
-        f"{stopped} stopped early by ASHA)"
+        f"Trials: {len(outcome.table)} ({', '.join(f'{v} {k.lower()}' for k, v in counts.items())}"
+        + (f"; {stopped} stopped early by ASHA)" if plan.early_stopping else ")")
     )
     print(f"Results table: {outcome.results_csv}")
     print(

@@ -7,12 +7,16 @@ from typing import Any
 
 from ray.tune import Callback
 
+# The losses a loop may report, shown in this order.
+LOSSES = ("train_loss", "byol_loss", "z_std")
+
 
 class ProgressPrinter(Callback):
-    def __init__(self, searched: list[str], epochs: int, num_samples: int) -> None:
+    def __init__(self, searched: list[str], epochs: int, num_samples: int, metric: str = "val_acc") -> None:
         self.searched = searched
         self.epochs = epochs
         self.num_samples = num_samples
+        self.metric = metric
         self._started = time.monotonic()
         self._finished = 0
 
@@ -32,11 +36,13 @@ class ProgressPrinter(Callback):
         self._say(trial, f"started ({params or 'fixed configuration'})")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        m, nan = self.metric, float("nan")
+        losses = "  ".join(f"{key} {result[key]:.3f}" for key in LOSSES if key in result)
         self._say(
             trial,
-            f"epoch {result.get('epoch')}/{self.epochs}  train_loss {result.get('train_loss', float('nan')):.3f}  "
-            f"val_acc {result.get('val_acc', float('nan')):.4f} ± {result.get('val_acc_ci95', float('nan')):.4f}  "
-            f"(best {result.get('best_val_acc', float('nan')):.4f})",
+            f"epoch {result.get('epoch')}/{self.epochs}  {losses}  "
+            f"{m} {result.get(m, nan):.4f} ± {result.get(f'{m}_ci95', nan):.4f}  "
+            f"(best {result.get(f'best_{m}', nan):.4f})",
         )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -1,34 +1,29 @@
-"""A ProtoNet hyperparameter study: Ray Tune with a seeded Optuna TPE sampler and ASHA early stopping.
+"""Run a study: Ray Tune with a seeded Optuna TPE sampler and ASHA early stopping (or a grid of settings
+run on the same budget), every trial one run of a training loop, tracked in MLflow from the driver.
 
-`plan_study` does everything that can fail on bad input (reading and decoding the data, checking episode
-shapes, parameters, paths and the tracking URI) before Ray starts; `run_study` starts or attaches to Ray,
-shares the decoded data through the object store, runs or resumes the Tuner, and summarises.
+A study's planner (fsl.study.protonet_study, byol_study, office_study) does everything that can fail on bad
+input before Ray starts and returns a `StudyPlan`; `run_study` starts or attaches to Ray, shares the decoded
+data through the object store, runs or resumes the Tuner, and summarises.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import numpy as np
 import pandas as pd
-import torch
 
-from fsl.data.episodes import check_episode_fits
-from fsl.data.study_data import EpisodeShape, StudyData, load_study_data
-from fsl.distributed.protonet_train import TrialResources
-from fsl.study.space import Dimension, apply_params, default_space
+from fsl.distributed.train_trial import TrialResources
+from fsl.study.space import Dimension
 from fsl.tracking.summary import RESULTS_CSV
-from fsl.train.config import ProtoNetConfig
-from fsl.train.evaluate import evaluate_episodes
-from fsl.train.protonet_loop import build_model
+from fsl.train.config import TrainConfig
+from fsl.train.entries import Entry
 
-# The ProtoNet paper's recipe, evaluated first so every study measures the known-good baseline.
-PAPER_RECIPE = {"lr": 1e-3, "augment": "none", "head_depth": 0, "distance": "euclidean", "train_way": 30}
 DRIVER_CPU = 0.01  # a Ray Train trial's own process only launches workers; Ray refuses a zero-CPU bundle
 
 
@@ -60,17 +55,40 @@ class StudySettings:
 
 @dataclass(frozen=True)
 class StudyPlan:
+    """Everything run_study needs, checked before Ray starts."""
+
     settings: StudySettings
-    base: ProtoNetConfig
-    space: dict[str, Dimension]
-    data: StudyData
-    untrained: tuple[float, float]
+    base: TrainConfig
+    space: dict[str, Dimension]  # searched by Optuna (or sampled at random beside a grid)
+    entry: Entry  # the training loop every trial runs (fsl.train.entries)
+    shared: dict[str, Any]  # what every trial reads: put in the object store once
+    metric: str  # reported every epoch and maximised: val_acc, probe_acc
+    evaluation: str  # what the metric is measured on, for people: "5-way 1-shot, 600 fixed episodes"
+    data_root: Path
+    baseline: tuple[float, float] | None = None  # the untrained model's metric and ci95, on the same data
+    baseline_name: str = "untrained model"
+    initial_points: tuple[dict[str, Any], ...] = ()  # evaluated first (the published recipe)
+    grid: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # run for every value, num_samples each
+    derived: dict[str, Callable[[dict[str, Any]], Any]] = field(default_factory=dict)  # from other entries
+    early_stopping: bool = True
+    study_params: dict[str, Any] = field(default_factory=dict)  # logged on the MLflow parent run
+    tags: dict[str, str] = field(default_factory=dict)  # on the parent and every child run
+    trial_tags: tuple[str, ...] = ()  # trial config entries that also become child tags fsl.<name>
 
     @property
     def results_dir(self) -> Path:
         if self.settings.storage_is_local:
             return Path(self.settings.study_path)
         return Path.cwd() / "fsl-summaries" / self.settings.study_name
+
+    @property
+    def shown(self) -> list[str]:
+        """The trial config entries that tell trials apart: in run names, tables and progress lines."""
+        return [*self.grid, *self.derived, *self.space]
+
+    @property
+    def total_trials(self) -> int:
+        return self.settings.num_samples * math.prod(len(values) for values in self.grid.values())
 
 
 @dataclass(frozen=True)
@@ -107,38 +125,18 @@ def latest_study(storage: str, prefix: str) -> str | None:
     root = Path(storage)
     if not root.is_dir():
         return None
-    candidates = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(prefix) and _restorable(str(p))]
+    candidates = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(prefix) and restorable(str(p))]
     return max(candidates, key=lambda p: p.stat().st_mtime).name if candidates else None
 
 
-def _restorable(path: str) -> bool:
+def restorable(path: str) -> bool:
     from ray.tune import Tuner
 
     return Tuner.can_restore(path)
 
 
-def max_value(base: ProtoNetConfig, space: dict[str, Dimension], name: str) -> Any:
-    if name in space:
-        return max(space[name].values_to_check())
-    return getattr(base, name)
-
-
-def untrained_accuracy(base: ProtoNetConfig, data: StudyData) -> tuple[float, float]:
-    """An untrained Conv4 (no head, Euclidean) on the same fixed episodes: the floor a study must beat."""
-    torch.manual_seed(base.seed)
-    model = build_model(base.replace(head_depth=0, distance="euclidean"))
-    result = evaluate_episodes(model, torch.from_numpy(data.val.images), data.val_episodes)
-    return result.mean, result.ci95
-
-
-def plan_study(
-    data_root: Path,
-    base: ProtoNetConfig,
-    params: list[str],
-    settings: StudySettings,
-    cache_dir: Path | None = None,
-) -> StudyPlan:
-    """Validate everything and load the data; raises ValueError / FileNotFoundError with a one-line message."""
+def check_settings(settings: StudySettings) -> None:
+    """The checks every study makes on its flags, storage and name (before loading any data)."""
     if settings.num_samples < 1:
         raise ValueError(f"--num-samples must be >= 1, got {settings.num_samples}")
     if settings.max_concurrent is not None and settings.max_concurrent < 1:
@@ -147,9 +145,8 @@ def plan_study(
         raise ValueError("--num-cpus sizes a local Ray; a cluster given by --address has its own resources")
     if settings.reduction_factor < 2:
         raise ValueError(f"ASHA reduction factor must be >= 2, got {settings.reduction_factor}")
-    base, space = apply_params(base, default_space(), params)
     check_storage_writable(settings.storage)
-    exists = _restorable(settings.study_path)
+    exists = restorable(settings.study_path)
     if settings.resume and not exists:
         raise ValueError(f"--resume: no study to resume at {settings.study_path}")
     if not settings.resume and (exists or (settings.storage_is_local and Path(settings.study_path).exists())):
@@ -157,29 +154,6 @@ def plan_study(
             f"--study-name {settings.study_name}: a study already exists at {settings.study_path}; "
             "add --resume to continue it, or choose another --study-name"
         )
-    data = load_study_data(
-        data_root,
-        base.image_size,
-        EpisodeShape(base.n_way, base.k_shot, base.n_query),
-        max_train_way=base.n_way,
-        n_eval_episodes=base.eval_episodes,
-        seed=base.seed,
-        cache_dir=cache_dir,
-    )
-    n_train_classes = len(data.train.class_names)
-    if "train_way" in space and space["train_way"].kind == "int" and space["train_way"].high > n_train_classes:
-        # The default range ends at 30-way; smaller data sets search up to their number of classes.
-        space["train_way"] = Dimension(
-            "train_way", "int", min(space["train_way"].low, n_train_classes), n_train_classes
-        )
-    way = int(max_value(base, space, "train_way"))
-    try:
-        check_episode_fits(
-            data.train.labels, data.train.class_names, way, base.k_shot, base.n_query, str(data.root / "train")
-        )
-    except ValueError as err:
-        raise ValueError(f"train_way={way}: {err}") from None
-    return StudyPlan(settings, base, space, data, untrained_accuracy(base, data))
 
 
 def start_ray(settings: StudySettings) -> None:
@@ -229,113 +203,141 @@ def concurrency(settings: StudySettings) -> int:
     return min(fit, settings.max_concurrent) if settings.max_concurrent else fit
 
 
-def protonet_trial(config: dict[str, Any], shared: Any, resources: TrialResources, study_path: str) -> None:
+def study_trial(
+    config: dict[str, Any], entry: Entry, shared: Any, resources: TrialResources, study_path: str, metric: str
+) -> None:
     """The Tune trainable: one trial = one Ray Train run (or the same loop in-process for one worker)."""
     from ray import tune
 
-    from fsl.distributed.protonet_train import run_in_process, run_train_trial
+    from fsl.distributed.train_trial import run_in_process, run_train_trial
 
     if resources.workers > 1:
         run_name = f"train-{tune.get_context().get_trial_id()}"  # fixed per trial: a restart resumes
-        run_train_trial(config, shared, resources, study_path, run_name)
+        run_train_trial(entry, config, shared, resources, study_path, run_name, metric)
     else:
-        run_in_process(config, shared, resources)
-
-
-def _initial_points(base: ProtoNetConfig, space: dict[str, Dimension]) -> list[dict[str, Any]]:
-    if not space:
-        return []
-    point = {}
-    for name, dim in space.items():
-        value = PAPER_RECIPE.get(name, getattr(base, name))
-        if name == "train_way" and dim.kind == "int":
-            value = int(np.clip(value, dim.low, dim.high))
-        if not dim.contains(value):
-            return []
-        point[name] = value
-    return [point]
+        run_in_process(entry, config, shared, resources)
 
 
 def build_callback(plan: StudyPlan) -> Any:
     from fsl.tracking.mlflow_callback import MLflowStudyCallback
 
     s, base = plan.settings, plan.base
+    searched = "; ".join(f"{n}={d.describe()}" for n, d in plan.space.items())
+    gridded = "; ".join(f"{n}={{{', '.join(map(str, v))}}}" for n, v in plan.grid.items())
     study_params = {
-        "data": str(plan.data.root),
-        "episodes_file": str(plan.data.episodes_file),
+        "data": str(plan.data_root),
+        "evaluation": plan.evaluation,
         "num_samples": s.num_samples,
         "workers_per_trial": s.resources.workers,
         "gpus_per_worker": s.resources.gpus_per_worker,
         "seed": s.seed,
-        "search_space": "; ".join(f"{n}={d.describe()}" for n, d in plan.space.items()) or "none (fixed)",
-        **{k: v for k, v in base.to_dict().items() if k not in plan.space},
+        "search_space": searched or "none (fixed)",
+        **({"grid": gridded} if gridded else {}),
+        **plan.study_params,
+        **{k: v for k, v in base.to_dict().items() if k not in plan.space and k not in plan.grid},
     }
+    baseline = {}
+    if plan.baseline is not None:
+        baseline = {f"untrained_{plan.metric}": plan.baseline[0], f"untrained_{plan.metric}_ci95": plan.baseline[1]}
     return MLflowStudyCallback(
         tracking_uri=s.tracking_uri,
         experiment=s.experiment,
         study_name=s.study_name,
         study_path=s.study_path,
-        searched=list(plan.space),
+        searched=plan.shown,
         study_params=study_params,
-        study_metrics={"untrained_val_acc": plan.untrained[0], "untrained_val_acc_ci95": plan.untrained[1]},
+        study_metrics=baseline,
         results_dir=str(plan.results_dir),
-        tags={"fsl.dataset": plan.data.root.name},
+        metric=plan.metric,
+        tags={"fsl.dataset": plan.data_root.name, **plan.tags},
+        trial_tags=plan.trial_tags,
+    )
+
+
+def _param_space(plan: StudyPlan) -> dict[str, Any]:
+    from ray import tune
+
+    fixed = {k: v for k, v in plan.base.to_dict().items() if k not in plan.space and k not in plan.grid}
+    return {
+        **fixed,
+        **{name: dim.to_tune() for name, dim in plan.space.items()},
+        **{name: tune.grid_search(list(values)) for name, values in plan.grid.items()},
+        **{name: tune.sample_from(_Derived(fn)) for name, fn in plan.derived.items()},
+    }
+
+
+@dataclass(frozen=True)
+class _Derived:
+    """Tune's sample_from calls this with the trial's spec; the function sees the config as a dict."""
+
+    fn: Callable[[dict[str, Any]], Any]
+
+    def __call__(self, spec: Any) -> Any:
+        return self.fn(dict(spec.config))
+
+
+def _searcher(plan: StudyPlan) -> Any:
+    """Optuna's seeded TPE over the space; with a grid (or nothing searched), Tune's own variant generator."""
+    if not plan.space or plan.grid:
+        return None
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    s = plan.settings
+    return OptunaSearch(
+        metric=plan.metric,
+        mode="max",
+        # Explicit and seeded: Optuna 5 changed TPE's defaults, and a study must be reproducible.
+        sampler=optuna.samplers.TPESampler(
+            seed=s.seed, n_startup_trials=max(3, min(10, s.num_samples // 3)), multivariate=True
+        ),
+        points_to_evaluate=list(plan.initial_points) or None,
+    )
+
+
+def _scheduler(plan: StudyPlan) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if not plan.early_stopping:
+        return FIFOScheduler()  # every trial gets the same budget (a fair comparison of settings)
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        metric=plan.metric,
+        mode="max",
+        max_t=plan.base.epochs,  # type: ignore[attr-defined]
+        grace_period=plan.settings.grace_period or max(1, plan.base.epochs // 4),  # type: ignore[attr-defined]
+        reduction_factor=plan.settings.reduction_factor,
     )
 
 
 def run_study(plan: StudyPlan) -> StudyOutcome:
-    import optuna
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     from fsl.distributed.placement import ReleaseTrainPlacementGroups
-    from fsl.distributed.protonet_train import SharedData
+    from fsl.distributed.train_trial import SharedData
     from fsl.study.progress import ProgressPrinter
 
-    s, base = plan.settings, plan.base
+    s = plan.settings
     start_ray(s)
     max_concurrent = concurrency(s)
-    shared = SharedData.put(plan.data.train, plan.data.val, plan.data.val_episodes)
+    shared = SharedData.put(plan.shared)
     res = s.resources
     trial_resources = {"CPU": DRIVER_CPU} if res.workers > 1 else res.per_worker
     trainable = tune.with_resources(
-        tune.with_parameters(protonet_trial, shared=shared, resources=res, study_path=s.study_path),
+        tune.with_parameters(
+            study_trial, entry=plan.entry, shared=shared, resources=res, study_path=s.study_path, metric=plan.metric
+        ),
         trial_resources,
     )
     if s.resume:
         tuner = tune.Tuner.restore(s.study_path, trainable=trainable, resume_unfinished=True, resume_errored=False)
     else:
-        fixed = {k: v for k, v in base.to_dict().items() if k not in plan.space}
-        param_space = {**fixed, **{name: dim.to_tune() for name, dim in plan.space.items()}}
-        # With every dimension fixed there is nothing to search: the trials are plain training runs.
-        searcher = (
-            OptunaSearch(
-                metric="val_acc",
-                mode="max",
-                # Explicit and seeded: Optuna 5 changed TPE's defaults, and a study must be reproducible.
-                sampler=optuna.samplers.TPESampler(
-                    seed=s.seed, n_startup_trials=max(3, min(10, s.num_samples // 3)), multivariate=True
-                ),
-                points_to_evaluate=_initial_points(base, plan.space) or None,
-            )
-            if plan.space
-            else None
-        )
-        scheduler = ASHAScheduler(
-            time_attr="training_iteration",
-            metric="val_acc",
-            mode="max",
-            max_t=base.epochs,
-            grace_period=s.grace_period or max(1, base.epochs // 4),
-            reduction_factor=s.reduction_factor,
-        )
         tuner = tune.Tuner(
             trainable,
-            param_space=param_space,
+            param_space=_param_space(plan),
             tune_config=tune.TuneConfig(
-                search_alg=searcher,
-                scheduler=scheduler,
+                search_alg=_searcher(plan),
+                scheduler=_scheduler(plan),
                 num_samples=s.num_samples,
                 max_concurrent_trials=max_concurrent,
                 trial_dirname_creator=lambda trial: f"trial-{trial.trial_id}",
@@ -345,7 +347,7 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
                 storage_path=s.storage,
                 callbacks=[
                     build_callback(plan),
-                    ProgressPrinter(list(plan.space), base.epochs, s.num_samples),
+                    ProgressPrinter(plan.shown, plan.base.epochs, plan.total_trials, plan.metric),  # type: ignore[attr-defined]
                     ReleaseTrainPlacementGroups(),
                 ],
                 failure_config=tune.FailureConfig(max_failures=s.trial_max_failures),
@@ -354,17 +356,17 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
             ),
         )
     tuner.fit()
-    return _outcome(plan)
+    return study_outcome(plan)
 
 
-def _outcome(plan: StudyPlan) -> StudyOutcome:
+def study_outcome(plan: StudyPlan) -> StudyOutcome:
     from mlflow import MlflowClient
 
     from fsl.tracking.mlflow_callback import find_study_run
 
     results_csv = plan.results_dir / RESULTS_CSV
     table = pd.read_csv(results_csv) if results_csv.is_file() else pd.DataFrame()
-    finished = table.dropna(subset=["best_val_acc"]) if not table.empty else table
+    finished = table.dropna(subset=[f"best_{plan.metric}"]) if not table.empty else table
     best = finished.iloc[0].to_dict() if not finished.empty else None
     client = MlflowClient(plan.settings.tracking_uri)
     experiment = client.get_experiment_by_name(plan.settings.experiment)

@@ -1,4 +1,4 @@
-"""The search space of a ProtoNet study, and `--param` overrides that fix or narrow its dimensions.
+"""Search spaces of the studies, and `--param` overrides that fix or narrow their dimensions.
 
 Dimensions are plain data here; `to_tune()` turns them into Ray Tune domains, which OptunaSearch converts
 to Optuna distributions. `--param NAME=VALUE` fixes a dimension (or sets any other config field);
@@ -7,17 +7,14 @@ to Optuna distributions. `--param NAME=VALUE` fixes a dimension (or sets any oth
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from fsl.data.augment import POLICY_CHOICES
 from fsl.models.distances import DISTANCES
-from fsl.train.config import ProtoNetConfig
+from fsl.train.config import ProtoNetConfig, TrainConfig
 
-FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(ProtoNetConfig)}
-# Set by the study's own flags (--epochs, --n-way, ...), not by --param.
-RUN_SHAPE_FIELDS = ("epochs", "episodes_per_epoch", "n_way", "k_shot", "n_query", "eval_episodes", "image_size", "seed")
+C = TypeVar("C", bound=TrainConfig)
 
 
 @dataclass(frozen=True)
@@ -67,7 +64,7 @@ class Dimension:
 
 
 def default_space(max_train_way: int = 30) -> dict[str, Dimension]:
-    """lr, augment, head_depth, distance, train_way: the study's default search dimensions."""
+    """lr, augment, head_depth, distance, train_way: the ProtoNet study's default search dimensions."""
     return {
         "lr": Dimension("lr", "loguniform", 1e-4, 3e-2),
         "augment": Dimension("augment", "choice", choices=POLICY_CHOICES),
@@ -77,8 +74,18 @@ def default_space(max_train_way: int = 30) -> dict[str, Dimension]:
     }
 
 
-def _parse_scalar(name: str, text: str, flag: str) -> Any:
-    kind = FIELD_TYPES[name]
+def byol_space() -> dict[str, Dimension]:
+    """lr, augment_strength, head_depth, tau, batch_size: the BYOL study's default search dimensions."""
+    return {
+        "lr": Dimension("lr", "loguniform", 1e-4, 3e-3),
+        "augment_strength": Dimension("augment_strength", "uniform", 0.3, 1.2),
+        "head_depth": Dimension("head_depth", "int", 1, 2),
+        "tau": Dimension("tau", "uniform", 0.95, 0.999),
+        "batch_size": Dimension("batch_size", "choice", choices=(32, 64, 128)),
+    }
+
+
+def _parse_scalar(kind: str, name: str, text: str, flag: str) -> Any:
     text = text.strip()
     try:
         if kind == "float":
@@ -97,35 +104,34 @@ def _parse_scalar(name: str, text: str, flag: str) -> Any:
     return text
 
 
-def parse_param(text: str) -> tuple[str, Any]:
+def parse_param(text: str, config: type[TrainConfig] = ProtoNetConfig) -> tuple[str, Any]:
     """'lr=0.001' -> ('lr', 0.001); 'lr=1e-4..1e-2' and 'distance=euclidean,cosine' -> ('lr', Dimension)."""
     flag = f"--param {text}"
     name, sep, value = text.partition("=")
     name = name.strip()
     if not sep or not value.strip():
         raise ValueError(f"{flag}: expected NAME=VALUE, NAME=LOW..HIGH or NAME=A,B,...")
-    if name not in FIELD_TYPES or name in RUN_SHAPE_FIELDS:
-        known = ", ".join(n for n in FIELD_TYPES if n not in RUN_SHAPE_FIELDS)
-        hint = f" (use --{name.replace('_', '-')})" if name in RUN_SHAPE_FIELDS else ""
+    types = config.field_types()
+    if name not in types or name in config.RUN_SHAPE:
+        known = ", ".join(n for n in types if n not in config.RUN_SHAPE)
+        hint = f" (use --{name.replace('_', '-')})" if name in config.RUN_SHAPE else ""
         raise ValueError(f"{flag}: unknown parameter {name!r}{hint}; known parameters: {known}")
-    kind = FIELD_TYPES[name]
+    kind = types[name]
     if ".." in value and kind in ("float", "int"):
         low_text, _, high_text = value.partition("..")
-        low, high = _parse_scalar(name, low_text, flag), _parse_scalar(name, high_text, flag)
+        low, high = _parse_scalar(kind, name, low_text, flag), _parse_scalar(kind, name, high_text, flag)
         dim_kind = "int" if kind == "int" else ("loguniform" if name == "lr" else "uniform")
         try:
             return name, Dimension(name, dim_kind, low, high)
         except ValueError as err:
             raise ValueError(f"{flag}: {err}") from None
     if "," in value:
-        choices = tuple(dict.fromkeys(_parse_scalar(name, part, flag) for part in value.split(",")))
+        choices = tuple(dict.fromkeys(_parse_scalar(kind, name, part, flag) for part in value.split(",")))
         return name, Dimension(name, "choice", choices=choices)
-    return name, _parse_scalar(name, value, flag)
+    return name, _parse_scalar(kind, name, value, flag)
 
 
-def apply_params(
-    base: ProtoNetConfig, space: dict[str, Dimension], params: list[str]
-) -> tuple[ProtoNetConfig, dict[str, Dimension]]:
+def apply_params(base: C, space: dict[str, Dimension], params: list[str]) -> tuple[C, dict[str, Dimension]]:
     """Apply --param overrides: a fixed value leaves the space and goes into the base config.
 
     Every value a trial could receive is validated here, before anything starts.
@@ -133,7 +139,7 @@ def apply_params(
     space = dict(space)
     fixed: dict[str, Any] = {}
     for text in params:
-        name, value = parse_param(text)
+        name, value = parse_param(text, type(base))
         if isinstance(value, Dimension):
             space[name] = value
             fixed.pop(name, None)

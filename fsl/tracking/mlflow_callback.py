@@ -19,8 +19,23 @@ from ray.tune import Callback
 from fsl.tracking.summary import write_study_summary
 from fsl.tracking.uri import artifact_location_for
 
-# Logged per epoch (step = epoch) on every child run.
-EPOCH_METRICS = ("train_loss", "val_acc", "val_acc_ci95", "best_val_acc", "current_lr", "epoch_time_s")
+# Logged per epoch (step = epoch) on every child run, those a trial reports: the same names in every study.
+EPOCH_METRICS = (
+    "train_loss",
+    "train_acc",
+    "val_acc",
+    "val_acc_ci95",
+    "best_val_acc",
+    "byol_loss",
+    "z_std",
+    "tau",
+    "probe_acc",
+    "probe_acc_ci95",
+    "best_probe_acc",
+    "current_lr",
+    "epoch_time_s",
+    "images_per_s",
+)
 ROLE_TAG, STUDY_TAG, STUDY_PATH_TAG, TRIAL_TAG = "fsl.role", "fsl.study", "fsl.study_path", "fsl.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -49,7 +64,9 @@ class MLflowStudyCallback(Callback):
         study_params: dict[str, Any],
         study_metrics: dict[str, float],
         results_dir: str,
+        metric: str = "val_acc",
         tags: dict[str, str] | None = None,
+        trial_tags: tuple[str, ...] = (),
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
@@ -59,7 +76,9 @@ class MLflowStudyCallback(Callback):
         self.study_params = dict(study_params)
         self.study_metrics = dict(study_metrics)
         self.results_dir = results_dir
+        self.metric = metric
         self.tags = dict(tags or {})
+        self.trial_tags = tuple(trial_tags)
         self._reset()
 
     def _reset(self) -> None:
@@ -129,7 +148,7 @@ class MLflowStudyCallback(Callback):
         if not found:
             return None
         run_id = found[0].info.run_id
-        history = self.client.get_metric_history(run_id, "val_acc")
+        history = self.client.get_metric_history(run_id, self.metric)
         self._last_step[run_id] = max((m.step for m in history), default=0)
         self._children[trial_id] = run_id
         return run_id
@@ -145,6 +164,7 @@ class MLflowStudyCallback(Callback):
             STUDY_TAG: self.study_name,
             TRIAL_TAG: trial.trial_id,
             **self.tags,
+            **{f"fsl.{key}": str(trial.config[key]) for key in self.trial_tags if key in trial.config},
         }
         name = child_run_name(trial.config, self.searched, trial.trial_id)
         run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
@@ -211,8 +231,8 @@ class MLflowStudyCallback(Callback):
         finals = [
             Metric(name, float(result[key]), now, int(result.get("epoch", 0)))
             for name, key in (
-                ("final_best_val_acc", "best_val_acc"),
-                ("final_best_val_acc_ci95", "best_val_acc_ci95"),
+                (f"final_best_{self.metric}", f"best_{self.metric}"),
+                (f"final_best_{self.metric}_ci95", f"best_{self.metric}_ci95"),
                 ("best_epoch", "best_epoch"),
                 ("epochs_run", "epoch"),
             )
@@ -240,7 +260,8 @@ class MLflowStudyCallback(Callback):
             best = summary.best
             now = int(time.time() * 1000)
             logged = self.client.get_run(parent).data.metrics
-            finals = {"best_val_acc": best["best_val_acc"], "best_val_acc_ci95": best["best_val_acc_ci95"]}
+            keys = (f"best_{self.metric}", f"best_{self.metric}_ci95")
+            finals = {key: best[key] for key in keys}
             self.client.log_batch(
                 parent,
                 # A resumed study that ends with the same best logs nothing again.
@@ -263,8 +284,9 @@ class MLflowStudyCallback(Callback):
             if best_model.is_file():
                 self.client.log_artifact(run_id, str(best_model), artifact_path="checkpoint")
 
-    def metric_history(self, trial_id: str, key: str = "val_acc") -> list[tuple[int, float]]:
+    def metric_history(self, trial_id: str, key: str | None = None) -> list[tuple[int, float]]:
         run_id = self._children.get(trial_id)
+        key = key or self.metric
         if run_id is None:
             return []
         return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))

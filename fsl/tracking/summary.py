@@ -9,13 +9,14 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-RESULTS_CSV, RESULTS_MD, PLOT_PNG = "results.csv", "results.md", "val_acc.png"
+RESULTS_CSV, RESULTS_MD = "results.csv", "results.md"
 
 
 class RunLookup(Protocol):
     searched: list[str]
+    metric: str
 
-    def metric_history(self, trial_id: str, key: str = "val_acc") -> list[tuple[int, float]]: ...
+    def metric_history(self, trial_id: str, key: str | None = None) -> list[tuple[int, float]]: ...
 
     def child_run_id(self, trial_id: str) -> str | None: ...
 
@@ -28,17 +29,18 @@ class StudySummary:
 
 
 def results_table(trials: list[Any], runs: RunLookup) -> pd.DataFrame:
-    """One row per trial, best first: its searched parameters, best val_acc +- ci95, epochs and status."""
+    """One row per trial, best first: its searched parameters, best metric +- ci95, epochs and status."""
     rows = []
+    key = f"best_{runs.metric}"
     for trial in trials:
         result = trial.last_result or {}
-        best = result.get("best_val_acc")
+        best = result.get(key)
         row = {
             "trial_id": trial.trial_id,
             "status": trial.status,
             **{name: trial.config.get(name) for name in runs.searched},
-            "best_val_acc": best if best is not None and math.isfinite(best) else float("nan"),
-            "best_val_acc_ci95": result.get("best_val_acc_ci95", float("nan")),
+            key: best if best is not None and math.isfinite(best) else float("nan"),
+            f"{key}_ci95": result.get(f"{key}_ci95", float("nan")),
             "best_epoch": result.get("best_epoch"),
             "epochs_run": result.get("epoch", 0),
             "epochs": trial.config.get("epochs"),
@@ -47,11 +49,11 @@ def results_table(trials: list[Any], runs: RunLookup) -> pd.DataFrame:
         rows.append(row)
     table = pd.DataFrame(rows)
     if not table.empty:
-        table = table.sort_values("best_val_acc", ascending=False, na_position="last").reset_index(drop=True)
+        table = table.sort_values(key, ascending=False, na_position="last").reset_index(drop=True)
     return table
 
 
-def _markdown(table: pd.DataFrame) -> str:
+def markdown_table(table: pd.DataFrame) -> str:
     columns = list(table.columns)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for _, row in table.iterrows():
@@ -83,8 +85,8 @@ def plot_accuracy(trials: list[Any], runs: RunLookup, best_trial: str | None, pa
             label=f"best: {trial.trial_id}" if is_best else None,
         )
     ax.set_xlabel("epoch")
-    ax.set_ylabel("val_acc (fixed episodes)")
-    ax.set_title("Validation accuracy per trial (early-stopped trials end early)")
+    ax.set_ylabel(runs.metric)
+    ax.set_title(f"{runs.metric} per trial (early-stopped trials end early)")
     ax.grid(alpha=0.3)
     if best_trial:
         ax.legend(loc="lower right")
@@ -97,10 +99,14 @@ def plot_accuracy(trials: list[Any], runs: RunLookup, best_trial: str | None, pa
 def write_study_summary(trials: list[Any], runs: RunLookup, folder: Path) -> StudySummary:
     folder.mkdir(parents=True, exist_ok=True)
     table = results_table(trials, runs)
-    finished = table.dropna(subset=["best_val_acc"]) if not table.empty else table
+    finished = table.dropna(subset=[f"best_{runs.metric}"]) if not table.empty else table
     best = finished.iloc[0].to_dict() if not finished.empty else None
     table.to_csv(folder / RESULTS_CSV, index=False)
-    (folder / RESULTS_MD).write_text(_markdown(table))
+    (folder / RESULTS_MD).write_text(markdown_table(table))
     files = [folder / RESULTS_CSV, folder / RESULTS_MD]
-    files.append(plot_accuracy(trials, runs, best["trial_id"] if best else None, folder / PLOT_PNG))
+    files.append(plot_accuracy(trials, runs, best["trial_id"] if best else None, folder / f"{runs.metric}.png"))
+    if "setting" in table.columns:
+        from fsl.tracking.settings_table import write_settings_table
+
+        files += write_settings_table(table, runs.metric, folder)
     return StudySummary(table, best, files)

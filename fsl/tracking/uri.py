@@ -49,3 +49,16 @@ def ui_command(uri: str) -> str:
         mlflow = str(beside) if beside.is_file() else "mlflow"
         return f"{mlflow} ui --backend-store-uri {uri} --port 5000"
     return f"open {uri}"
+
+
+def resolve_checkpoint(checkpoint: str, tracking_uri: str | None, flag: str = "--checkpoint") -> Path:
+    """A local checkpoint file: the path itself, or an MLflow artifact URI (runs:/<run_id>/...) downloaded."""
+    if "://" not in checkpoint and not checkpoint.startswith("runs:/"):
+        return Path(checkpoint)
+    import mlflow
+
+    try:
+        local = mlflow.artifacts.download_artifacts(checkpoint, tracking_uri=resolve_tracking_uri(tracking_uri))
+    except Exception as err:  # MLflow raises several types for a missing run or artifact
+        raise ValueError(f"{flag} {checkpoint}: cannot download it ({str(err).splitlines()[0]})") from None
+    return Path(local)

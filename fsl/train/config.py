@@ -1,21 +1,105 @@
-"""The typed, validated configuration of one ProtoNet training run (one trial of a study)."""
+"""Typed, validated configurations of one training run (one trial of a study): ProtoNet, BYOL, classifier.
+
+Each is a frozen dataclass whose fields are all possible study parameters. Construction checks every field's
+type and range, so a bad value is a one-line error before anything starts.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from fsl.data.augment import parse_policy
 from fsl.models.distances import DISTANCES
+from fsl.models.resnet import ARCHITECTURES
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("step", "cosine", "none")
+PRETRAINING = ("none", "supervised", "byol")
+FINETUNE = ("full", "frozen")
+
+_TYPES = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,)}
+
+
+class TrainConfig:
+    """What the run configurations share: type checks, range rules, and conversion from a Tune trial's dict."""
+
+    # Set by a study's own flags (--epochs, --image-size, ...), not by --param.
+    RUN_SHAPE: ClassVar[tuple[str, ...]] = ()
+
+    def rules(self) -> list[tuple[str, bool, str]]:
+        """(field, ok, what the field must be) for every range check."""
+        return []
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, field.name)
+            expected = _TYPES[str(field.type)]
+            if isinstance(value, bool) and field.type != "bool" or not isinstance(value, expected):
+                raise ValueError(f"{field.name}: expected a {field.type}, got {value!r}")
+        for name, ok, rule in self.rules():
+            if not ok:
+                raise ValueError(f"{name}={getattr(self, name)!r}: {rule}")
+
+    @classmethod
+    def field_types(cls) -> dict[str, str]:
+        return {f.name: str(f.type) for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Self:
+        """Build from a flat dict (a Tune trial's config); keys that are not fields are ignored."""
+        types = cls.field_types()
+        kwargs = {}
+        for key, value in values.items():
+            if key not in types:
+                continue
+            if hasattr(value, "item") and not isinstance(value, str | bool):
+                value = value.item()  # numpy scalars from a search space
+            if types[key] == "float" and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            kwargs[key] = value
+        return cls(**kwargs)
+
+    @property
+    def step_epochs(self) -> int:
+        """The StepLR period: lr_step_epochs, or half the epochs when it is 0."""
+        return self.lr_step_epochs or max(1, self.epochs // 2)  # type: ignore[attr-defined]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def replace(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+def _optimizer_rules(cfg: Any) -> list[tuple[str, bool, str]]:
+    return [
+        ("lr", cfg.lr > 0, "must be > 0"),
+        ("optimizer", cfg.optimizer in OPTIMIZERS, f"must be one of {', '.join(OPTIMIZERS)}"),
+        ("momentum", 0 <= cfg.momentum < 1, "must be in [0, 1)"),
+        ("weight_decay", cfg.weight_decay >= 0, "must be >= 0"),
+        ("schedule", cfg.schedule in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}"),
+        ("lr_step_epochs", cfg.lr_step_epochs >= 0, "must be >= 0"),
+        ("lr_gamma", 0 < cfg.lr_gamma <= 1, "must be in (0, 1]"),
+        ("epochs", cfg.epochs >= 1, "must be >= 1"),
+    ]
 
 
 @dataclass(frozen=True)
-class ProtoNetConfig:
-    """Hyperparameters and episode shapes. Every field is a possible study parameter."""
+class ProtoNetConfig(TrainConfig):
+    """Hyperparameters and episode shapes of a Prototypical Network run."""
+
+    RUN_SHAPE: ClassVar[tuple[str, ...]] = (
+        "epochs",
+        "episodes_per_epoch",
+        "n_way",
+        "k_shot",
+        "n_query",
+        "eval_episodes",
+        "image_size",
+        "seed",
+    )
 
     # The study's default search dimensions.
     lr: float = 1e-3
@@ -43,26 +127,15 @@ class ProtoNetConfig:
     image_size: int = 84
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            expected = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,)}[str(field.type)]
-            if isinstance(value, bool) and field.type != "bool" or not isinstance(value, expected):
-                raise ValueError(f"{field.name}: expected a {field.type}, got {value!r}")
-        checks = [
-            ("lr", self.lr > 0, "must be > 0"),
+    def rules(self) -> list[tuple[str, bool, str]]:
+        parse_policy(self.augment)
+        return [
+            *_optimizer_rules(self),
             ("head_depth", 0 <= self.head_depth <= 3, "must be 0..3"),
             ("distance", self.distance in DISTANCES, f"must be one of {', '.join(DISTANCES)}"),
             ("train_way", self.train_way >= 2, "must be >= 2"),
             ("head_width", self.head_width >= 1, "must be >= 1"),
             ("temperature", self.temperature > 0, "must be > 0"),
-            ("optimizer", self.optimizer in OPTIMIZERS, f"must be one of {', '.join(OPTIMIZERS)}"),
-            ("momentum", 0 <= self.momentum < 1, "must be in [0, 1)"),
-            ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
-            ("schedule", self.schedule in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}"),
-            ("lr_step_epochs", self.lr_step_epochs >= 0, "must be >= 0"),
-            ("lr_gamma", 0 < self.lr_gamma <= 1, "must be in (0, 1]"),
-            ("epochs", self.epochs >= 1, "must be >= 1"),
             ("episodes_per_epoch", self.episodes_per_epoch >= 1, "must be >= 1"),
             ("n_way", self.n_way >= 2, "must be >= 2"),
             ("k_shot", self.k_shot >= 1, "must be >= 1"),
@@ -70,32 +143,105 @@ class ProtoNetConfig:
             ("eval_episodes", self.eval_episodes >= 1, "must be >= 1"),
             ("image_size", self.image_size >= 16, "must be >= 16 (Conv4 pools four times)"),
         ]
-        for name, ok, rule in checks:
-            if not ok:
-                raise ValueError(f"{name}={getattr(self, name)!r}: {rule}")
+
+
+@dataclass(frozen=True)
+class BYOLConfig(TrainConfig):
+    """BYOL pre-training of a ResNet backbone (Grill et al. 2020), with a k-NN probe as its validation metric.
+
+    Defaults follow the paper's 100-epoch preset where it applies (tau 0.99, heads 4096 -> 256) and the
+    small-batch recipe that works without LARS (Adam, lr 3e-4, cosine decay).
+    """
+
+    RUN_SHAPE: ClassVar[tuple[str, ...]] = ("epochs", "steps_per_epoch", "image_size", "seed", "probe_k")
+
+    # The study's default search dimensions.
+    lr: float = 3e-4
+    augment_strength: float = 1.0
+    head_depth: int = 1  # hidden layers of the projector and the predictor (the paper: 1)
+    tau: float = 0.99  # tau_base: the target's EMA rate at the first step, rising to 1 on a cosine schedule
+    batch_size: int = 64  # global: split across the workers of a trial
+    # Fixed unless set with --param.
+    arch: str = "resnet50"
+    head_width: int = 4096
+    projection_dim: int = 256
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 1e-6
+    schedule: str = "cosine"
+    lr_step_epochs: int = 0
+    lr_gamma: float = 0.5
+    sync_batchnorm: bool = True  # across DDP workers on GPUs (the paper's setting); CPU workers keep local BN
+    # The run's shape.
+    epochs: int = 10
+    steps_per_epoch: int = 0  # 0 = one pass over the training images
+    image_size: int = 84
+    probe_k: int = 20
+    seed: int = 0
+
+    def rules(self) -> list[tuple[str, bool, str]]:
+        return [
+            *_optimizer_rules(self),
+            ("augment_strength", 0 <= self.augment_strength <= 2, "must be in [0, 2] (1 = the paper's augmentation)"),
+            ("head_depth", 1 <= self.head_depth <= 3, "must be 1..3"),
+            ("tau", 0 <= self.tau < 1, "must be in [0, 1)"),
+            ("batch_size", self.batch_size >= 4, "must be >= 4 (BatchNorm needs a batch)"),
+            ("arch", self.arch in ARCHITECTURES, f"must be one of {', '.join(ARCHITECTURES)}"),
+            ("head_width", self.head_width >= 1, "must be >= 1"),
+            ("projection_dim", self.projection_dim >= 1, "must be >= 1"),
+            ("steps_per_epoch", self.steps_per_epoch >= 0, "must be >= 0"),
+            ("image_size", self.image_size >= 16, "must be >= 16"),
+            ("probe_k", self.probe_k >= 1, "must be >= 1"),
+        ]
+
+
+@dataclass(frozen=True)
+class ClassifierConfig(TrainConfig):
+    """A ResNet classifier trained with labels: supervised pre-training, or one of the Office-Home settings.
+
+    `pretraining` names the backbone's initial weights (none = random); `finetune` full trains everything,
+    frozen trains only the head on the backbone's features. The head is `head_depth` hidden layers of
+    Linear -> BatchNorm -> ReLU of `head_width` units and a final Linear (the seed study: 1 x 512).
+    """
+
+    RUN_SHAPE: ClassVar[tuple[str, ...]] = ("epochs", "image_size", "seed", "pretraining", "finetune")
+
+    lr: float = 1e-3
+    augment: str = "flip+crop"  # with full fine-tuning
+    frozen_augment: str = "none"  # with a frozen backbone; "none" lets the features be extracted once
+    head_depth: int = 1
+    head_width: int = 512
+    batch_size: int = 64
+    arch: str = "resnet50"
+    pretraining: str = "none"
+    finetune: str = "full"
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    schedule: str = "cosine"
+    lr_step_epochs: int = 0
+    lr_gamma: float = 0.5
+    epochs: int = 10
+    image_size: int = 128
+    probe_k: int = 20
+    seed: int = 0
+
+    def rules(self) -> list[tuple[str, bool, str]]:
         parse_policy(self.augment)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ProtoNetConfig:
-        """Build from a flat dict (a Tune trial's config); keys that are not fields are ignored."""
-        types = {f.name: f.type for f in dataclasses.fields(cls)}
-        kwargs = {}
-        for key, value in values.items():
-            if key not in types:
-                continue
-            if hasattr(value, "item") and not isinstance(value, str | bool):
-                value = value.item()  # numpy scalars from a search space
-            if types[key] == "float" and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            kwargs[key] = value
-        return cls(**kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> ProtoNetConfig:
-        return dataclasses.replace(self, **changes)
+        parse_policy(self.frozen_augment)
+        return [
+            *_optimizer_rules(self),
+            ("head_depth", 0 <= self.head_depth <= 3, "must be 0..3"),
+            ("head_width", self.head_width >= 1, "must be >= 1"),
+            ("batch_size", self.batch_size >= 2, "must be >= 2"),
+            ("arch", self.arch in ARCHITECTURES, f"must be one of {', '.join(ARCHITECTURES)}"),
+            ("pretraining", self.pretraining in PRETRAINING, f"must be one of {', '.join(PRETRAINING)}"),
+            ("finetune", self.finetune in FINETUNE, f"must be one of {', '.join(FINETUNE)}"),
+            ("image_size", self.image_size >= 16, "must be >= 16"),
+            ("probe_k", self.probe_k >= 1, "must be >= 1"),
+        ]
 
     @property
-    def step_epochs(self) -> int:
-        return self.lr_step_epochs or max(1, self.epochs // 2)
+    def augmentation(self) -> str:
+        """The policy this run trains with: full fine-tuning and a frozen backbone have their own."""
+        return self.augment if self.finetune == "full" else self.frozen_augment

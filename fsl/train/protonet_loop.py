@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from fsl.data.augment import augment, normalize, parse_policy, to_unit_float
@@ -26,21 +23,15 @@ from fsl.data.episodes import EpisodeSampler, FixedEpisodes
 from fsl.methods.protonet import ProtoNet, protonet_loss
 from fsl.train.config import ProtoNetConfig
 from fsl.train.evaluate import ci95_from_sums, evaluate_episodes, unwrap
+from fsl.train.optim import build_optimizer, build_scheduler, move_optimizer_state
+from fsl.train.parallel import Placement, all_reduce_sum, to_device
 
+BEST_MODEL_FORMAT = "fsl.protonet/1"
 Report = Callable[[dict[str, Any], dict[str, Any]], None]
 
 
 class TrainingDiverged(FloatingPointError):
     """The training loss became NaN or infinite."""
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where this copy of the loop runs: its device and its rank among data-parallel workers."""
-
-    device: torch.device
-    rank: int = 0
-    world_size: int = 1
 
 
 def build_model(cfg: ProtoNetConfig) -> ProtoNet:
@@ -54,34 +45,9 @@ def build_model(cfg: ProtoNetConfig) -> ProtoNet:
     )
 
 
-def build_optimizer(cfg: ProtoNetConfig, model: nn.Module) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True
-    )
-
-
-def build_scheduler(cfg: ProtoNetConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-    """Stepped once per epoch."""
-    if cfg.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_epochs, gamma=cfg.lr_gamma)
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
-
-
 def episodes_for_rank(total: int, rank: int, world_size: int) -> int:
     """Split an epoch's episodes across ranks; every rank gets at least one (DDP steps must match)."""
     return max(1, total // world_size + (1 if rank < total % world_size else 0))
-
-
-def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    if not (dist.is_available() and dist.is_initialized()):
-        return values
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tensor.tolist()
 
 
 def train_protonet(
@@ -103,7 +69,7 @@ def train_protonet(
     device = placement.device
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and for every resume
     model = build_model(cfg)
-    optimizer = build_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg, model.parameters())
     scheduler = build_scheduler(cfg, optimizer)
     start_epoch, best = 0, {"val_acc": -math.inf, "val_acc_ci95": 0.0, "epoch": 0, "model": None}
     if resume_state is not None:
@@ -113,11 +79,11 @@ def train_protonet(
         start_epoch = int(resume_state["epoch"])
         best = dict(resume_state["best"])
     model.to(device)
-    _move_optimizer_state(optimizer, device)
+    move_optimizer_state(optimizer, device)
     model = prepare_model(model) if prepare_model else model
 
-    train_images = _to_device(train.images, device)
-    val_images = _to_device(val.images, device)
+    train_images = to_device(train.images, device)
+    val_images = to_device(val.images, device)
     sampler = EpisodeSampler(train.labels, cfg.train_way, cfg.k_shot, cfg.n_query)
     eval_shard = val_episodes.head(cfg.eval_episodes).shard(placement.rank, placement.world_size)
     policy = parse_policy(cfg.augment)
@@ -146,7 +112,7 @@ def train_protonet(
 
         result = evaluate_episodes(model, val_images, eval_shard)
         acc = result.accuracies.astype(np.float64)
-        loss_total, n_total, acc_sum, acc_sq, n_eval = _all_reduce_sum(
+        loss_total, n_total, acc_sum, acc_sq, n_eval = all_reduce_sum(
             [float(loss_sum), float(n_steps), float(acc.sum()), float((acc**2).sum()), float(acc.size)], device
         )
         local_loss = float(loss_sum) / n_steps
@@ -184,22 +150,7 @@ def train_protonet(
             "epoch": epoch + 1,
             "best": best,
             "config": cfg.to_dict(),
+            "format": BEST_MODEL_FORMAT,
         }
         report(metrics, state)
     return metrics
-
-
-def _to_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 images as a tensor on the device. On the CPU it shares memory with the array, which may be a
-    read-only view of the Ray object store: the loop only ever reads it (index_select makes copies)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "the given NumPy array is not writable"
-        tensor = torch.from_numpy(images)
-    return tensor.to(device)
-
-
-def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
-    for state in optimizer.state.values():
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor) and key != "step":
-                state[key] = value.to(device)

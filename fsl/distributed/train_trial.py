@@ -1,9 +1,10 @@
-"""One ProtoNet trial on Ray Train workers: a TorchTrainer (Train V2) launched from inside a Tune trial.
+"""One trial on Ray Train workers: a TorchTrainer (Train V2) launched from inside a Tune trial, running any
+of the training loops (fsl.train.entries).
 
 With more than one worker this is real DDP (gloo on CPU, NCCL on GPU): each rank trains on its share of the
-epoch's episodes and evaluates its share of the fixed episodes, and the metrics are all-reduced inside the
-loop. Rank 0 writes the checkpoint. The Train run's name is fixed per Tune trial, so a restarted trial
-resumes from its latest checkpoint instead of starting over.
+epoch's episodes or batches and evaluates its share of the validation data, and the metrics are all-reduced
+inside the loop. Rank 0 writes the checkpoint. The Train run's name is fixed per Tune trial, so a restarted
+trial resumes from its latest checkpoint instead of starting over.
 """
 
 from __future__ import annotations
@@ -19,30 +20,26 @@ import ray.train
 import ray.train.torch
 import torch
 
-from fsl.data.decoded import DecodedSplit
-from fsl.data.episodes import FixedEpisodes
 from fsl.distributed.placement import PLACEMENT_GROUP_METRIC, current_placement_group_id
 from fsl.train.checkpoint import load_checkpoint, save_checkpoint
-from fsl.train.config import ProtoNetConfig
-from fsl.train.protonet_loop import Placement, train_protonet
+from fsl.train.entries import Entry
+from fsl.train.parallel import Placement
 
 
 @dataclass(frozen=True)
 class SharedData:
-    """The decoded splits as Ray object references: put once by the study, read zero-copy by every trial
-    on every node (a worker node needs no copy of the data folder)."""
+    """What every trial reads (decoded splits, fixed episodes, pre-trained weights) as Ray object references:
+    put once by the study, read zero-copy by every trial on every node (a worker node needs no copy of the
+    data folder)."""
 
-    train: ray.ObjectRef
-    val: ray.ObjectRef
-    val_episodes: FixedEpisodes
+    refs: dict[str, ray.ObjectRef]
 
     @classmethod
-    def put(cls, train: DecodedSplit, val: DecodedSplit, val_episodes: FixedEpisodes) -> SharedData:
-        return cls(ray.put(train), ray.put(val), val_episodes)
+    def put(cls, objects: dict[str, Any]) -> SharedData:
+        return cls({name: ray.put(value) for name, value in objects.items()})
 
-    def get(self) -> tuple[DecodedSplit, DecodedSplit, FixedEpisodes]:
-        train, val = ray.get([self.train, self.val])
-        return train, val, self.val_episodes
+    def get(self) -> dict[str, Any]:
+        return dict(zip(self.refs, ray.get(list(self.refs.values())), strict=True))
 
 
 @dataclass(frozen=True)
@@ -85,21 +82,20 @@ def _quiet_checkpoint_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def protonet_worker_loop(loop_config: dict[str, Any]) -> None:
+def _resume_state(checkpoint: Any) -> dict[str, Any] | None:
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        return load_checkpoint(Path(directory))
+
+
+def worker_loop(loop_config: dict[str, Any]) -> None:
     """Runs on every Train worker."""
     _quiet_checkpoint_logs()
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(_threads(loop_config["cpus_per_worker"]))
-    cfg = ProtoNetConfig.from_dict(loop_config["config"])
-    train, val, episodes = loop_config["shared"].get()
-
     placement_group = current_placement_group_id()
-    resume_state = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            resume_state = load_checkpoint(Path(directory))
 
     def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
         # Every rank calls report (it is a barrier); only rank 0 uploads a checkpoint.
@@ -114,19 +110,18 @@ def protonet_worker_loop(loop_config: dict[str, Any]) -> None:
                 checkpoint_dir_name=f"epoch={metrics['epoch']:04d}",
             )
 
-    train_protonet(
-        cfg,
-        train,
-        val,
-        episodes,
+    entry: Entry = loop_config["entry"]
+    entry(
+        loop_config["config"],
+        loop_config["shared"].get(),
         report,
         Placement(ray.train.torch.get_device(), rank, world_size),
-        resume_state,
-        prepare_model=ray.train.torch.prepare_model,
+        _resume_state(ray.train.get_checkpoint()),
+        ray.train.torch.prepare_model,
     )
 
 
-def _rank_checking_callback() -> Any:
+def _rank_checking_callback(metric: str) -> Any:
     """TuneReportCallback forwards rank 0's metrics only; this one adds what the other ranks reported, so a
     study can see that every rank trained and that the all-reduced metrics agree."""
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -136,20 +131,31 @@ def _rank_checking_callback() -> Any:
             merged = dict(metrics[0])
             merged["ranks_reporting"] = len(metrics)
             merged["episodes_all_ranks"] = sum(m.get("local_episodes", 0) for m in metrics)
-            accs = [m["val_acc"] for m in metrics if "val_acc" in m]
-            merged["val_acc_rank_spread"] = max(accs) - min(accs) if accs else 0.0
+            scores = [m[metric] for m in metrics if metric in m]
+            merged[f"{metric}_rank_spread"] = max(scores) - min(scores) if scores else 0.0
             super().after_report(run_context, [merged, *metrics[1:]], checkpoint)
 
     return RankCheckingReportCallback()
 
 
 def run_train_trial(
-    config: dict[str, Any], shared: SharedData, resources: TrialResources, storage_path: str, run_name: str
+    entry: Entry,
+    config: dict[str, Any],
+    shared: SharedData,
+    resources: TrialResources,
+    storage_path: str,
+    run_name: str,
+    metric: str,
 ) -> None:
     """Launch the TorchTrainer for one Tune trial and wait for it. Call from inside a Tune trial."""
     trainer = ray.train.torch.TorchTrainer(
-        protonet_worker_loop,
-        train_loop_config={"config": config, "shared": shared, "cpus_per_worker": resources.cpus_per_worker},
+        worker_loop,
+        train_loop_config={
+            "entry": entry,
+            "config": config,
+            "shared": shared,
+            "cpus_per_worker": resources.cpus_per_worker,
+        },
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers,
             use_gpu=resources.gpus_per_worker > 0,
@@ -161,32 +167,24 @@ def run_train_trial(
             failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             # Built here, inside the Tune trial, as Train V2 requires.
-            callbacks=[_rank_checking_callback()],
+            callbacks=[_rank_checking_callback(metric)],
         ),
     )
     trainer.fit()
 
 
-def run_in_process(config: dict[str, Any], shared: SharedData, resources: TrialResources) -> None:
+def run_in_process(entry: Entry, config: dict[str, Any], shared: SharedData, resources: TrialResources) -> None:
     """The single-worker path: the same loop, run directly in the Tune trial (no Train worker group, which
     costs about 15 s per trial and 2 s per report on a small machine). Tune checkpoints and restores it."""
     from ray import tune
 
     _quiet_checkpoint_logs()
     torch.set_num_threads(_threads(resources.cpus_per_worker))
-    cfg = ProtoNetConfig.from_dict(config)
-    train, val, episodes = shared.get()
     device = torch.device("cuda") if ray.get_gpu_ids() and torch.cuda.is_available() else torch.device("cpu")
-
-    resume_state = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            resume_state = load_checkpoint(Path(directory))
 
     def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as directory:
             save_checkpoint(Path(directory), state)
             tune.report({**metrics, "world_size": 1}, checkpoint=tune.Checkpoint.from_directory(directory))
 
-    train_protonet(cfg, train, val, episodes, report, Placement(device), resume_state)
+    entry(config, shared.get(), report, Placement(device), _resume_state(tune.get_checkpoint()), None)

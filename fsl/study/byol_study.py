@@ -1,0 +1,123 @@
+"""Planning a BYOL pre-training study (and the fixed supervised pre-training beside it): read and check the
+pre-training data, the search space and the untrained baseline, all before Ray starts.
+
+The training split is used without its labels; the val split, with its labels, scores each epoch through
+the k-NN probe (leave-one-out on the frozen online backbone's features)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fsl.data.decoded import DecodedSplit
+from fsl.data.study_data import load_labelled_splits
+from fsl.models.resnet import build_backbone
+from fsl.study.runner import StudyPlan, StudySettings, check_settings
+from fsl.study.space import Dimension, apply_params, byol_space
+from fsl.train.config import BYOLConfig, ClassifierConfig
+from fsl.train.entries import run_byol, run_classifier
+from fsl.train.parallel import Placement, to_device
+from fsl.train.probe import extract_features, knn_accuracy
+
+# The small-batch recipe known to work without LARS (Adam 3e-4, lucidrains/byol-pytorch#44) with the
+# paper's augmentation, heads and 100-epoch tau; evaluated first.
+RECIPE = {"lr": 3e-4, "augment_strength": 1.0, "head_depth": 1, "tau": 0.99, "batch_size": 64}
+
+
+def untrained_probe(arch: str, probe: DecodedSplit, k: int, seed: int) -> tuple[float, float]:
+    """The k-NN probe of a randomly initialised backbone: what pre-training has to beat."""
+    torch.manual_seed(seed)
+    device = torch.device("cpu")
+    features = extract_features(build_backbone(arch), to_device(probe.images, device), Placement(device))
+    acc = knn_accuracy(features, torch.as_tensor(probe.labels), k)
+    return acc, 1.96 * (acc * (1 - acc) / len(probe)) ** 0.5
+
+
+def _check_probe(probe: DecodedSplit, k: int, where: str) -> None:
+    if len(probe.class_names) < 2 or len(probe) < k + 1:
+        raise ValueError(
+            f"{where}: the probe needs at least 2 classes and more than probe_k={k} labelled images, "
+            f"found {len(probe.class_names)} classes and {len(probe)} images"
+        )
+
+
+def _check_batch(batch_size: int, n_train: int, workers: int, where: str) -> None:
+    if batch_size > n_train:
+        raise ValueError(f"batch_size={batch_size}: larger than the {n_train} training images in {where}")
+    if batch_size // workers < 2:
+        raise ValueError(
+            f"batch_size={batch_size} with --workers-per-trial {workers}: fewer than 2 images per worker for BatchNorm"
+        )
+
+
+def plan_byol_study(
+    data_root: Path,
+    base: BYOLConfig,
+    params: list[str],
+    settings: StudySettings,
+    space: dict[str, Dimension] | None = None,
+    cache_dir: Path | None = None,
+) -> StudyPlan:
+    """Validate everything and load the data; raises ValueError / FileNotFoundError with a one-line message.
+    `space` defaults to byol_space(); {} makes one fixed run (the settings study's pre-training)."""
+    check_settings(settings)
+    base, space = apply_params(base, byol_space() if space is None else space, params)
+    root, train, probe = load_labelled_splits(data_root, base.image_size, cache_dir)
+    _check_probe(probe, base.probe_k, str(root / "val"))
+    sizes = space["batch_size"].values_to_check() if "batch_size" in space else [base.batch_size]
+    for size in sizes:
+        _check_batch(int(size), len(train), settings.resources.workers, str(root / "train"))
+    initial = {name: RECIPE[name] for name in space if name in RECIPE}
+    recipe_fits = len(initial) == len(space) and all(space[n].contains(v) for n, v in initial.items())
+    return StudyPlan(
+        settings=settings,
+        base=base,
+        space=space,
+        entry=run_byol,
+        shared={"train": train, "probe": probe},
+        metric="probe_acc",
+        evaluation=f"{base.probe_k}-NN probe on {len(probe)} val images, {len(probe.class_names)} classes",
+        data_root=root,
+        baseline=untrained_probe(base.arch, probe, base.probe_k, base.seed),
+        baseline_name=f"untrained {base.arch}",
+        initial_points=(initial,) if space and recipe_fits else (),
+        tags={"fsl.method": "byol"},
+    )
+
+
+def plan_supervised_pretraining(
+    data_root: Path,
+    base: ClassifierConfig,
+    params: list[str],
+    settings: StudySettings,
+    cache_dir: Path | None = None,
+) -> StudyPlan:
+    """One fixed supervised run on the pre-training data's labels, scored by the same k-NN probe as BYOL."""
+    check_settings(settings)
+    base, _ = apply_params(base, {}, params)
+    root, train, probe = load_labelled_splits(data_root, base.image_size, cache_dir)
+    _check_probe(probe, base.probe_k, str(root / "val"))
+    _check_batch(base.batch_size, len(train), settings.resources.workers, str(root / "train"))
+    return StudyPlan(
+        settings=settings,
+        base=base,
+        space={},
+        entry=run_classifier,
+        shared={"train": train, "probe": probe},
+        metric="probe_acc",
+        evaluation=f"{base.probe_k}-NN probe on {len(probe)} val images, {len(probe.class_names)} classes",
+        data_root=root,
+        baseline=untrained_probe(base.arch, probe, base.probe_k, base.seed),
+        baseline_name=f"untrained {base.arch}",
+        early_stopping=False,
+        tags={"fsl.method": "supervised"},
+    )
+
+
+def describe_data(plan: StudyPlan) -> str:
+    train, probe = plan.shared["train"], plan.shared["probe"]
+    return (
+        f"Data: {len(train)} training images (labels unused by BYOL), probe {len(probe)} val images / "
+        f"{len(probe.class_names)} classes, at {plan.base.image_size} px from {plan.data_root}"  # type: ignore[attr-defined]
+    )

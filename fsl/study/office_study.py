@@ -1,0 +1,102 @@
+"""Planning the Office-Home settings study: five ways to train a classifier, each on the same budget.
+
+    A  no pre-training      full fine-tuning
+    B  supervised           full fine-tuning
+    C  BYOL                 full fine-tuning
+    D  supervised           frozen backbone, classifier only
+    E  BYOL                 frozen backbone, classifier only
+
+Each setting runs `num_samples` trials (a fixed configuration for one, a random search over lr for more, the
+same for every setting so the comparison is fair), with no early stopping. The backbones come from
+checkpoints the user has, or from pre-training studies run first (see studies/office_settings.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fsl.data.study_data import load_labelled_splits
+from fsl.study.runner import StudyPlan, StudySettings, check_settings
+from fsl.study.space import Dimension, apply_params
+from fsl.train.config import ClassifierConfig
+from fsl.train.entries import run_classifier
+
+SETTINGS: dict[str, tuple[str, str]] = {
+    "A": ("none", "full"),
+    "B": ("supervised", "full"),
+    "C": ("byol", "full"),
+    "D": ("supervised", "frozen"),
+    "E": ("byol", "frozen"),
+}
+
+
+def parse_settings(text: str) -> tuple[str, ...]:
+    """'A,C,E' -> ('A', 'C', 'E'); an unknown letter is an error naming the flag."""
+    chosen = tuple(dict.fromkeys(part.strip().upper() for part in text.split(",") if part.strip()))
+    unknown = [s for s in chosen if s not in SETTINGS]
+    if unknown or not chosen:
+        raise ValueError(f"--settings {text}: expected letters from {', '.join(SETTINGS)} separated by commas")
+    return chosen
+
+
+def setting_pretraining(config: dict[str, Any]) -> str:
+    return SETTINGS[config["setting"]][0]
+
+
+def setting_finetune(config: dict[str, Any]) -> str:
+    return SETTINGS[config["setting"]][1]
+
+
+def backbones_needed(settings: tuple[str, ...]) -> set[str]:
+    return {SETTINGS[s][0] for s in settings} - {"none"}
+
+
+def plan_office_study(
+    data_root: Path,
+    base: ClassifierConfig,
+    params: list[str],
+    settings: StudySettings,
+    chosen: tuple[str, ...] = tuple(SETTINGS),
+    backbones: dict[str, dict[str, torch.Tensor]] | None = None,
+    backbone_sources: dict[str, str] | None = None,
+    cache_dir: Path | None = None,
+) -> StudyPlan:
+    """Validate everything and load the data; backbones still missing are filled in by `with_backbones`."""
+    check_settings(settings)
+    # One trial per setting trains at the default lr; more search lr at random, as many per setting.
+    space = {"lr": Dimension("lr", "loguniform", 1e-4, 1e-2)} if settings.num_samples > 1 else {}
+    base, space = apply_params(base, space, params)
+    root, train, val = load_labelled_splits(data_root, base.image_size, cache_dir)
+    val.labels_in(train.class_names, str(root / "val.csv") if (root / "val.csv").is_file() else str(root / "val"))
+    if base.batch_size > len(train):
+        raise ValueError(f"batch_size={base.batch_size}: larger than the {len(train)} images in {root / 'train'}")
+    sources = backbone_sources or {}
+    return StudyPlan(
+        settings=settings,
+        base=base,
+        space=space,
+        entry=run_classifier,
+        shared={"train": train, "val": val, "backbones": dict(backbones or {})},
+        metric="val_acc",
+        evaluation=f"top-1 on {len(val)} val images, {len(train.class_names)} classes",
+        data_root=root,
+        grid={"setting": chosen},
+        derived={"pretraining": setting_pretraining, "finetune": setting_finetune},
+        early_stopping=False,
+        study_params={f"{name}_checkpoint": source for name, source in sources.items()},
+        tags={"fsl.method": "settings"},
+        trial_tags=("setting", "pretraining", "finetune"),
+    )
+
+
+def with_backbones(
+    plan: StudyPlan, backbones: dict[str, dict[str, torch.Tensor]], sources: dict[str, str]
+) -> StudyPlan:
+    """The plan with pre-trained backbones added (from the pre-training studies run before it)."""
+    shared = {**plan.shared, "backbones": {**plan.shared["backbones"], **backbones}}
+    params = {**plan.study_params, **{f"{name}_checkpoint": source for name, source in sources.items()}}
+    return dataclasses.replace(plan, shared=shared, study_params=params)

@@ -1,0 +1,144 @@
+"""The BYOL pre-training loop: two augmented views per image, the symmetric loss, the EMA target on a cosine
+tau schedule, and once per epoch a k-NN probe of the online backbone on a labelled split.
+
+Plain PyTorch, with the same contract as the ProtoNet loop: `report(metrics, state)` after every epoch, so it
+runs in a unit test, in a Tune trial, or on N Ray Train workers (DDP: each rank takes its slice of every
+global batch, and the metrics are all-reduced).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fsl.data.augment import normalize, to_unit_float
+from fsl.data.byol_augment import byol_views
+from fsl.data.decoded import DecodedSplit
+from fsl.methods.byol import BYOL, cosine_tau
+from fsl.train.config import BYOLConfig
+from fsl.train.evaluate import ci95_from_sums, unwrap
+from fsl.train.optim import build_optimizer, build_scheduler, move_optimizer_state
+from fsl.train.parallel import Placement, all_reduce_sum, batch_rows, to_device
+from fsl.train.probe import extract_features, knn_accuracy
+from fsl.train.protonet_loop import Report, TrainingDiverged
+
+BACKBONE_FORMAT = "fsl.backbone/1"
+
+
+def build_byol(cfg: BYOLConfig) -> BYOL:
+    return BYOL(cfg.arch, cfg.head_depth, cfg.head_width, cfg.projection_dim)
+
+
+def steps_per_epoch(cfg: BYOLConfig, n_images: int) -> int:
+    """cfg.steps_per_epoch, or one pass over the images in whole global batches."""
+    return cfg.steps_per_epoch or max(1, n_images // cfg.batch_size)
+
+
+def probe(backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, k: int, placement: Placement) -> float:
+    """k-NN accuracy of the backbone's features on a labelled split (the same number on every rank)."""
+    return knn_accuracy(extract_features(backbone, images, placement), labels, k)
+
+
+def train_byol(
+    cfg: BYOLConfig,
+    train: DecodedSplit,
+    probe_split: DecodedSplit,
+    report: Report,
+    placement: Placement | None = None,
+    resume_state: dict[str, Any] | None = None,
+    prepare_model: Callable[[nn.Module], nn.Module] | None = None,
+) -> dict[str, Any]:
+    """Pre-train for cfg.epochs (continuing from resume_state); the training labels are never used."""
+    placement = placement or Placement(torch.device("cpu"))
+    device = placement.device
+    if cfg.batch_size // placement.world_size < 2:
+        raise ValueError(f"batch_size={cfg.batch_size} leaves fewer than 2 images per worker for BatchNorm")
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and for every resume
+    model = build_byol(cfg)
+    if placement.world_size > 1 and device.type == "cuda" and cfg.sync_batchnorm:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer = build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+    scheduler = build_scheduler(cfg, optimizer)
+    start_epoch, best = 0, {"probe_acc": -math.inf, "probe_acc_ci95": 0.0, "epoch": 0, "model": None}
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        start_epoch = int(resume_state["epoch"])
+        best = dict(resume_state["best"])
+    model.to(device)
+    move_optimizer_state(optimizer, device)
+    trained = prepare_model(model) if prepare_model else model
+
+    train_images = to_device(train.images, device)
+    probe_images = to_device(probe_split.images, device)
+    probe_labels = torch.as_tensor(probe_split.labels, device=device)
+    n_steps = steps_per_epoch(cfg, len(train))
+    total_steps = n_steps * cfg.epochs
+
+    metrics: dict[str, Any] = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        started = time.perf_counter()
+        # The same permutation on every rank; batches depend only on (seed, epoch), so a resume repeats them.
+        rng = np.random.default_rng([cfg.seed, epoch])
+        order = np.concatenate([rng.permutation(len(train)) for _ in range(-(-n_steps * cfg.batch_size // len(train)))])
+        generator = torch.Generator(device=device).manual_seed(int(rng.integers(2**62)) + placement.rank)
+        trained.train()
+        sums = torch.zeros(2, device=device, dtype=torch.float64)  # loss, z_std
+        for step in range(n_steps):
+            rows = torch.as_tensor(batch_rows(order, step, cfg.batch_size, placement), device=device)
+            view_1, view_2 = byol_views(
+                to_unit_float(train_images.index_select(0, rows)), generator, cfg.augment_strength
+            )
+            loss, z_std = trained(normalize(view_1), normalize(view_2))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            unwrap(trained).update_target(cosine_tau(epoch * n_steps + step + 1, total_steps, cfg.tau))
+            sums += torch.stack([loss.detach(), z_std]).double()
+        scheduler.step()
+        loss_total, z_std_total, count = all_reduce_sum([*sums.tolist(), float(n_steps)], device)
+        byol_loss = loss_total / count
+        if not math.isfinite(byol_loss):
+            raise TrainingDiverged(f"byol_loss became {byol_loss} in epoch {epoch + 1} (lr={cfg.lr})")
+
+        online = unwrap(trained)
+        acc = probe(online.backbone, probe_images, probe_labels, cfg.probe_k, placement)
+        n_probe = len(probe_split)
+        acc, ci95 = ci95_from_sums(acc * n_probe, acc * n_probe, n_probe)
+        weights = {k: v.detach().cpu().clone() for k, v in online.state_dict().items()}
+        if acc > best["probe_acc"]:
+            backbone = {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")}
+            best = {"probe_acc": acc, "probe_acc_ci95": ci95, "epoch": epoch + 1, "model": backbone}
+        metrics = {
+            "epoch": epoch + 1,
+            "byol_loss": byol_loss,
+            "z_std": z_std_total / count,
+            "tau": cosine_tau((epoch + 1) * n_steps, total_steps, cfg.tau),
+            "probe_acc": acc,
+            "probe_acc_ci95": ci95,
+            "best_probe_acc": best["probe_acc"],
+            "best_probe_acc_ci95": best["probe_acc_ci95"],
+            "best_epoch": best["epoch"],
+            "current_lr": optimizer.param_groups[0]["lr"],
+            "local_steps": n_steps,
+            "epoch_time_s": time.perf_counter() - started,
+            "images_per_s": n_steps * cfg.batch_size / (time.perf_counter() - started),
+        }
+        state = {
+            "model": weights,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch + 1,
+            "best": best,
+            "config": cfg.to_dict(),
+            "format": BACKBONE_FORMAT,
+        }
+        report(metrics, state)
+    return metrics

@@ -1,0 +1,225 @@
+#!/usr/bin/env python
+"""The Office-Home settings study (DLCV HW4 part 2): does pre-training help, and how should it be used?
+
+    A  no pre-training            full fine-tuning
+    B  supervised pre-training    full fine-tuning
+    C  BYOL pre-training          full fine-tuning
+    D  supervised pre-training    frozen backbone, classifier only
+    E  BYOL pre-training          frozen backbone, classifier only
+
+Every setting gets the same budget (--num-samples trials each: one fixed run, or a random search over lr),
+runs on Ray Train (--workers-per-trial > 1 is DDP), and is one MLflow child run tagged fsl.setting under one
+parent that holds the settings table and its bar chart. Backbones come from --supervised-checkpoint and
+--ssl-checkpoint (a file, e.g. the course's supervised ResNet50, or an MLflow runs:/ URI); a missing one is
+pre-trained first on --pretrain-data (BYOL without labels, supervised with them) as its own MLflow study.
+
+With no arguments it runs on the generated demo data (an Office-Home-like set and the Mini-ImageNet-like set
+for pre-training, ResNet18 at 32 px); --data takes Office-Home in the HW4 layout (ROOT/{train,val}.csv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fsl.data.demo import ensure_demo_dataset, ensure_office_demo_dataset
+from fsl.models.resnet import ARCHITECTURES
+from fsl.study.byol_study import plan_byol_study, plan_supervised_pretraining
+from fsl.study.cli import add_compute_args, add_output_args, add_search_args, fail, print_outcome, study_settings
+from fsl.study.office_study import SETTINGS, backbones_needed, parse_settings, plan_office_study, with_backbones
+from fsl.study.runner import StudyPlan, StudySettings, restorable, run_study, study_outcome
+from fsl.tracking.settings_table import SETTINGS_MD
+from fsl.tracking.uri import resolve_checkpoint
+from fsl.train.checkpoint import load_backbone_weights
+from fsl.train.config import BYOLConfig, ClassifierConfig
+
+STUDY_PREFIX = "office"
+DEMO = {"image_size": 32, "arch": "resnet18", "epochs": 12, "pretrain_epochs": 8, "byol_steps": 30}
+FULL = {"image_size": 128, "arch": "resnet50", "epochs": 30, "pretrain_epochs": 100, "byol_steps": 0}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="office_settings.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "--param sets a classifier field for every setting: lr, head_depth (hidden layers of the head; the "
+            "seed: 1),\nhead_width (512), batch_size, augment (full fine-tuning, default flip+crop), "
+            "frozen_augment (default none:\nfeatures are then extracted once), optimizer, weight_decay, schedule. "
+            "--byol-param and --supervised-param set\nthe pre-training runs' fields (see byol_search.py --help)."
+        ),
+    )
+    data = parser.add_argument_group("data, model and checkpoints")
+    data.add_argument("--data", type=Path, default=None, help="Office-Home in the HW4 layout (default: demo data)")
+    data.add_argument(
+        "--pretrain-data",
+        type=Path,
+        default=None,
+        help="Mini-ImageNet (HW4 layout) for pre-training missing backbones (default: the demo data)",
+    )
+    data.add_argument(
+        "--image-size", type=int, default=None, help="images are resized to S x S (default 32 on the demo, 128 else)"
+    )
+    data.add_argument("--arch", choices=ARCHITECTURES, default=None, help="backbone (default resnet18 demo/resnet50)")
+    data.add_argument(
+        "--supervised-checkpoint", default=None, help="backbone for B and D: a file or runs:/<run_id>/<path>"
+    )
+    data.add_argument(
+        "--ssl-checkpoint", default=None, help="BYOL backbone for C and E: a file or runs:/<run_id>/<path>"
+    )
+    data.add_argument("--settings", default="A,B,C,D,E", help="which settings to run (default A,B,C,D,E)")
+    search = add_search_args(parser, 1, "trials per setting: 1 trains at the default lr, more search lr (default 1)")
+    search.add_argument("--epochs", type=int, default=None, help="epochs per setting (default 12 on the demo, 30 else)")
+    search.add_argument(
+        "--pretrain-epochs", type=int, default=None, help="epochs of each pre-training run (default 8 demo / 100)"
+    )
+    search.add_argument("--byol-param", action="append", default=[], metavar="NAME=VALUE", help="BYOL pre-training")
+    search.add_argument(
+        "--supervised-param", action="append", default=[], metavar="NAME=VALUE", help="supervised pre-training"
+    )
+    add_compute_args(parser)
+    parser.add_argument_group("compute").add_argument(
+        "--pretrain-cpus-per-worker",
+        type=float,
+        default=None,
+        help="CPUs per worker of the pre-training runs, which run one at a time (default: all local cores)",
+    )
+    add_output_args(parser, experiment="office-settings", prefix=STUDY_PREFIX)
+    return parser
+
+
+def pretraining_settings(settings: StudySettings, method: str, cpus: float) -> StudySettings:
+    """A pre-training run is a one-trial study of its own, named after the settings study; it continues (or
+    is reused) when the settings study is resumed."""
+    name = f"{settings.study_name}-{method}"
+    path = f"{settings.study_path}-{method}"
+    resources = dataclasses.replace(settings.resources, cpus_per_worker=cpus)
+    return dataclasses.replace(
+        settings, study_name=name, num_samples=1, resources=resources, resume=restorable(path), max_concurrent=1
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        demo = args.data is None
+        defaults = DEMO if demo else FULL
+        image_size = args.image_size or defaults["image_size"]
+        arch = args.arch or defaults["arch"]
+        office_root = ensure_office_demo_dataset(seed=0, image_size=image_size) if demo else args.data
+        chosen = parse_settings(args.settings)
+        settings = study_settings(args, STUDY_PREFIX)
+        base = ClassifierConfig(
+            arch=arch, epochs=args.epochs or defaults["epochs"], image_size=image_size, seed=args.seed
+        )
+        checkpoints = {"supervised": args.supervised_checkpoint, "byol": args.ssl_checkpoint}
+        backbones, sources = {}, {}
+        for method in sorted(backbones_needed(chosen)):
+            if checkpoints[method]:
+                flag = "--supervised-checkpoint" if method == "supervised" else "--ssl-checkpoint"
+                path = resolve_checkpoint(checkpoints[method], settings.tracking_uri, flag)
+                try:
+                    backbones[method] = load_backbone_weights(path, arch)
+                except (ValueError, FileNotFoundError) as err:
+                    raise ValueError(f"{flag} {err}") from None
+                sources[method] = checkpoints[method]
+        print(f"Preparing study {settings.study_name!r}: data {office_root}, settings {', '.join(chosen)}")
+        plan = plan_office_study(office_root, base, args.param, settings, chosen, backbones, sources)
+        pretraining = plan_pretraining(
+            args, settings, demo, defaults, arch, image_size, backbones_needed(chosen) - set(backbones)
+        )
+    except (ValueError, FileNotFoundError) as err:
+        return fail(err)
+    try:
+        for method, pre_plan in pretraining.items():
+            weights, source = run_pretraining(method, pre_plan, arch)
+            plan = with_backbones(plan, {method: weights}, {method: source})
+        print_settings_header(plan)
+        outcome = run_study(plan)
+    except ValueError as err:  # resource checks against the running cluster, a pre-training that failed
+        return fail(err)
+    code = print_outcome(plan, outcome)
+    table = plan.results_dir / SETTINGS_MD
+    if table.is_file():
+        print(f"\nSettings ({plan.evaluation}):\n{table.read_text()}")
+    return code
+
+
+def plan_pretraining(
+    args: argparse.Namespace,
+    settings: StudySettings,
+    demo: bool,
+    defaults: dict[str, Any],
+    arch: str,
+    image_size: int,
+    missing: set[str],
+) -> dict[str, StudyPlan]:
+    """Plans (checked before Ray starts) of the pre-training runs for the backbones no checkpoint gave."""
+    if not missing:
+        return {}
+    root = args.pretrain_data or (ensure_demo_dataset(seed=0, image_size=image_size) if demo else None)
+    if root is None:
+        flags = " and ".join(
+            f for m, f in (("supervised", "--supervised-checkpoint"), ("byol", "--ssl-checkpoint")) if m in missing
+        )
+        raise ValueError(f"--pretrain-data is needed to pre-train the backbones not given by {flags}")
+    local_cores = float(settings.num_cpus or os.cpu_count() or 1) if not settings.address else None
+    cpus = args.pretrain_cpus_per_worker or (local_cores / settings.resources.workers if local_cores else None)
+    cpus = cpus or settings.resources.cpus_per_worker
+    epochs = args.pretrain_epochs or defaults["pretrain_epochs"]
+    plans = {}
+    if "byol" in missing:
+        byol = BYOLConfig(
+            arch=arch, epochs=epochs, steps_per_epoch=defaults["byol_steps"], image_size=image_size, seed=args.seed
+        )
+        plans["byol"] = plan_byol_study(
+            root, byol, args.byol_param, pretraining_settings(settings, "byol", cpus), space={}
+        )
+    if "supervised" in missing:
+        supervised = ClassifierConfig(arch=arch, epochs=epochs, image_size=image_size, seed=args.seed)
+        plans["supervised"] = plan_supervised_pretraining(
+            root, supervised, args.supervised_param, pretraining_settings(settings, "supervised", cpus)
+        )
+    return plans
+
+
+def run_pretraining(method: str, plan: StudyPlan, arch: str) -> tuple[dict[str, torch.Tensor], str]:
+    """Run (or reuse, or resume) one pre-training study; its best backbone, read back from MLflow."""
+    done = (plan.results_dir / "results.csv").is_file()
+    label = "BYOL" if method == "byol" else "supervised"
+    if done:
+        print(f"Reusing the finished {label} pre-training {plan.settings.study_name!r}")
+        outcome = study_outcome(plan)
+    else:
+        print(f"Pre-training the {label} backbone first ({plan.settings.study_name!r}, {plan.base.epochs} epochs)")
+        outcome = run_study(plan)
+    if outcome.best is None or not outcome.best.get("mlflow_run_id"):
+        raise ValueError(f"the {label} pre-training {plan.settings.study_name!r} finished no epoch; see above")
+    uri = f"runs:/{outcome.best['mlflow_run_id']}/checkpoint/best_model.pt"
+    weights = load_backbone_weights(resolve_checkpoint(uri, plan.settings.tracking_uri, label), arch)
+    print(f"{label} backbone: {uri} (probe_acc {outcome.best['best_probe_acc']:.4f})")
+    return weights, uri
+
+
+def print_settings_header(plan: StudyPlan) -> None:
+    train, val = plan.shared["train"], plan.shared["val"]
+    print(
+        f"Data: {len(train)} train / {len(val)} val images, {len(train.class_names)} classes at "
+        f"{plan.base.image_size} px from {plan.data_root}"  # type: ignore[attr-defined]
+    )
+    print(
+        f"Settings {', '.join(plan.grid['setting'])}: {plan.settings.num_samples} trial(s) each x "
+        f"{plan.base.epochs} epochs; "  # type: ignore[attr-defined]
+        + ", ".join(f"{s} = {SETTINGS[s][0]} + {SETTINGS[s][1]}" for s in plan.grid["setting"])
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
