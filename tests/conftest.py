@@ -65,3 +65,29 @@ def tiny_study_argv(data: Path, tmp: Path, experiment: str, study: str | None = 
     argv += ["--storage", str(tmp / "results"), "--tracking-uri", f"sqlite:///{tmp}/mlflow.db"]
     argv += ["--experiment", experiment]
     return argv + (["--study-name", study] if study else [])
+
+
+def write_tiny_office(root: Path, seed: int = 0) -> Path:
+    """An Office-Home-like HW4 folder: 6 classes, 6 train and 3 val images each, at 16 px."""
+    from fsl.data.demo import write_office_demo_dataset
+
+    write_office_demo_dataset(root, seed=seed, image_size=16, n_classes=6, train_per_class=6, val_per_class=3)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_office(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_office(tmp_path_factory.mktemp("tiny") / "office")
+
+
+# ResNet18 with small heads and batches: what the BYOL and Office-Home tests train, in seconds.
+TINY_BYOL_PARAMS = ["head_width=32", "projection_dim=16", "batch_size=16"]
+TINY_CLASSIFIER_PARAMS = ["head_width=16", "batch_size=12"]
+
+
+def tiny_output_argv(tmp: Path, experiment: str, study: str) -> list[str]:
+    """Storage and a SQLite MLflow store in the test's own folder."""
+    return [
+        *("--storage", str(tmp / "results"), "--tracking-uri", f"sqlite:///{tmp}/mlflow.db"),
+        *("--experiment", experiment, "--study-name", study),
+    ]

@@ -6,10 +6,12 @@ recognised from its combination of cues, not from one pixel statistic: an untrai
 trained one. Images are written as PNG files with train.csv / val.csv and 5-way 1-shot 15-query fixed
 validation episodes, exactly like the real HW4 folders, so the demo run exercises the real loader.
 
-An Office-Home-like demo set sits beside it (`ensure_office_demo_dataset`): the same shapes, hues, textures and
-renderer, so features learned on the Mini-like set transfer, but other (shape, hue, texture) classes, another
-"domain" (a bright studio backdrop with a drop shadow instead of a cluttered grey one) and few images per class,
-so training from scratch is hard and pre-training on the Mini-like set helps, as with the real Office-Home.
+An Office-Home-like demo set sits beside it (`ensure_office_demo_dataset`): the same shapes, textures and
+renderer, so features learned on the Mini-like set transfer, but objects whose colour is not part of what they
+are (a class is a shape and a texture, each image has a random hue, as a chair is a chair in any colour),
+another "domain" (a bright studio backdrop with a drop shadow instead of a cluttered grey one) and few images
+per class. Training from scratch must learn colour invariance from those few labels; a backbone pre-trained
+on the Mini-like set (BYOL's colour augmentation teaches exactly that invariance) starts with it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +36,14 @@ SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring", "star", "b
 TEXTURES = ("solid", "stripes", "dots", "checker", "rings")
 N_HUES = 8
 DEMO_EPISODES = {"n_way": 5, "k_shot": 1, "n_query": 15, "n_episodes": 600}
-# Every (shape, hue, texture) class, in a fixed order; a seed permutes them (`_combo_order`).
+# Every (shape, hue, texture) class of the Mini-like demo, in a fixed order; a seed permutes them.
 COMBOS = tuple((s, h, t) for s in range(len(SHAPES)) for h in range(N_HUES) for t in range(len(TEXTURES)))
-# The Mini-like demo's default class count (64 train + 16 val): the office demo never uses these classes.
-DEMO_N_CLASSES = 64 + 16
+# Every (shape, texture) class of the office demo: its objects come in any colour.
+OFFICE_CLASSES = tuple((s, t) for s in range(len(SHAPES)) for t in range(len(TEXTURES)))
 # How render_class draws the background: "clutter" (the Mini-like demo) or "studio" (the office demo's domain).
 BACKGROUNDS = ("clutter", "studio")
 
-OFFICE_DEMO_VERSION = 1
+OFFICE_DEMO_VERSION = 2
 # The office demo's images are drawn from this stream of the seed, not the Mini-like demo's.
 _OFFICE_STREAM = 1
 
@@ -103,10 +106,13 @@ def write_demo_dataset(
     n_classes = n_train_classes + n_val_classes
     if n_classes > len(COMBOS):
         raise ValueError(f"the demo data set has at most {len(COMBOS)} classes, {n_classes} were asked for")
-    # The same draw as demo_class_combos(seed, n_classes), on the rng that then renders the images.
     chosen = [COMBOS[i] for i in _combo_order(rng)[:n_classes]]
-    _write_split(root, "train", chosen[:n_train_classes], images_per_class, image_size, rng)
-    _write_split(root, "val", chosen[n_train_classes:], images_per_class, image_size, rng)
+
+    def classes(combos: list[tuple[int, int, int]]) -> list[tuple[str, Callable[[], np.ndarray]]]:
+        return [(class_label(c), partial(render_class, *c, images_per_class, image_size, rng)) for c in combos]
+
+    _write_split(root, "train", classes(chosen[:n_train_classes]))
+    _write_split(root, "val", classes(chosen[n_train_classes:]))
     val = pd.read_csv(root / "val.csv", dtype=str)
     labels = pd.factorize(val["label"])[0]
     fixed = draw_fixed_episodes(labels, seed=seed + 1, **(episodes or DEMO_EPISODES))
@@ -114,7 +120,7 @@ def write_demo_dataset(
 
 
 def _combo_order(rng: np.random.Generator) -> np.ndarray:
-    """The seed's order of all COMBOS (indices); the Mini-like demo takes a prefix, the office demo the tail."""
+    """The seed's order of all COMBOS (indices); the Mini-like demo takes a prefix."""
     return rng.permutation(len(COMBOS))
 
 
@@ -124,44 +130,24 @@ def class_label(combo: tuple[int, int, int]) -> str:
     return f"{SHAPES[shape]}-hue{hue}-{TEXTURES[texture]}"
 
 
-def demo_class_combos(seed: int = 0, n_classes: int = DEMO_N_CLASSES) -> list[tuple[int, int, int]]:
-    """The classes write_demo_dataset(seed=seed) uses when it makes n_classes (train first, then val)."""
-    if not 0 <= n_classes <= len(COMBOS):
-        raise ValueError(f"the demo data set has at most {len(COMBOS)} classes, {n_classes} were asked for")
-    return [COMBOS[i] for i in _combo_order(np.random.default_rng(seed))[:n_classes]]
-
-
-def office_class_combos(seed: int = 0, n_classes: int = 65) -> list[tuple[int, int, int]]:
-    """The office demo's classes for a seed: the tail of the seed's combination order, read backwards.
-
-    The Mini-like demo takes a prefix of that same order, so the two are disjoint whenever the Mini-like
-    demo's classes and these fit together in the COMBOS; this is why at most len(COMBOS) - DEMO_N_CLASSES
-    classes may be asked for: never one of the Mini-like demo's default classes for the same seed.
-    """
-    limit = len(COMBOS) - DEMO_N_CLASSES
-    if not 0 <= n_classes <= limit:
-        raise ValueError(f"the office demo data set has at most {limit} classes, {n_classes} were asked for")
-    order = _combo_order(np.random.default_rng(seed))
-    return [COMBOS[i] for i in order[::-1][:n_classes]]
+def office_class_label(office_class: tuple[int, int]) -> str:
+    """The readable name of a (shape, texture) office class, e.g. 'star-dots'."""
+    shape, texture = office_class
+    return f"{SHAPES[shape]}-{TEXTURES[texture]}"
 
 
 def _write_split(
     root: Path,
     split: str,
-    combos: list[tuple[int, int, int]],
-    per_class: int,
-    image_size: int,
-    rng: np.random.Generator,
-    background: str = "clutter",
+    classes: list[tuple[str, Callable[[], np.ndarray]]],
     first_id: int = 0,
 ) -> None:
-    """Render `per_class` images of each class into root/split/ and list them in root/split.csv."""
+    """Render each (label, render) class into root/split/ and list the images in root/split.csv; the classes are
+    rendered in order, so their random draws come in a fixed order too."""
     (root / split).mkdir(parents=True)
     rows = []
-    for combo in combos:
-        label = class_label(combo)
-        images = render_class(*combo, per_class, image_size, rng, background=background)
-        for i, image in enumerate(images):
+    for label, render in classes:
+        for i, image in enumerate(render()):
             filename = f"{label}_{i:04d}.png"
             Image.fromarray(image).save(root / split / filename)
             rows.append((first_id + len(rows), filename, label))
@@ -180,9 +166,9 @@ def ensure_office_demo_dataset(
     seed: int = 0,
     image_size: int = 32,
     cache_dir: Path | None = None,
-    n_classes: int = 65,
-    train_per_class: int = 12,
-    val_per_class: int = 6,
+    n_classes: int = len(OFFICE_CLASSES),
+    train_per_class: int = 24,
+    val_per_class: int = 8,
 ) -> Path:
     """Return the office demo data folder, generating it on first use (atomically, like ensure_demo_dataset).
 
@@ -199,20 +185,29 @@ def write_office_demo_dataset(
     root: Path,
     seed: int = 0,
     image_size: int = 32,
-    n_classes: int = 65,
-    train_per_class: int = 12,
-    val_per_class: int = 6,
+    n_classes: int = len(OFFICE_CLASSES),
+    train_per_class: int = 24,
+    val_per_class: int = 8,
 ) -> None:
     """Write an Office-Home-like HW4 layout into `root`: {train,val}.csv and {train,val}/*.png, no val_testcase.
 
-    Both splits hold the same `n_classes` classes (office_class_combos: none is a Mini-like demo class of the
-    same seed), drawn on a "studio" background; val ids continue after train's, so the two never share one.
+    Both splits hold the same `n_classes` (shape, texture) classes, every image in a random hue, drawn on a
+    "studio" background; val ids continue after train's, so the two never share one.
     """
-    combos = office_class_combos(seed, n_classes)
+    if not 1 <= n_classes <= len(OFFICE_CLASSES):
+        raise ValueError(f"the office demo data set has 1 to {len(OFFICE_CLASSES)} classes, {n_classes} were asked for")
     rng = np.random.default_rng([seed, _OFFICE_STREAM])
-    _write_split(root, "train", combos, train_per_class, image_size, rng, background="studio")
-    first_val_id = n_classes * train_per_class
-    _write_split(root, "val", combos, val_per_class, image_size, rng, background="studio", first_id=first_val_id)
+    chosen = [OFFICE_CLASSES[i] for i in rng.permutation(len(OFFICE_CLASSES))[:n_classes]]
+
+    def classes(per_class: int) -> list[tuple[str, Callable[[], np.ndarray]]]:
+        def render(shape: int, texture: int) -> np.ndarray:
+            hues = rng.uniform(0, N_HUES, per_class)  # any colour: the class is the shape and the texture
+            return render_class(shape, hues, texture, per_class, image_size, rng, background="studio")
+
+        return [(office_class_label(c), partial(render, *c)) for c in chosen]
+
+    _write_split(root, "train", classes(train_per_class))
+    _write_split(root, "val", classes(val_per_class), first_id=n_classes * train_per_class)
 
 
 def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -254,7 +249,7 @@ def _texture(texture: int, u: np.ndarray, v: np.ndarray, freq: np.ndarray, phase
 
 def render_class(
     shape: int,
-    hue: int,
+    hue: float | np.ndarray,
     texture: int,
     n: int,
     image_size: int,
@@ -263,7 +258,8 @@ def render_class(
 ) -> np.ndarray:
     """Render n images (n, S, S, 3) uint8 of one class, at twice the size then averaged down (anti-aliasing).
 
-    `background` is the domain: "clutter" (a random, mostly grey, dim-to-mid backdrop) or "studio" (a bright,
+    `hue` is the class's hue index (0..N_HUES) or one per image. `background` is the domain: "clutter" (a
+    random, mostly grey, dim-to-mid backdrop) or "studio" (a bright,
     near-white backdrop lit from above, with the object's soft drop shadow). Both add a distractor blob.
     """
     if background not in BACKGROUNDS:
@@ -288,7 +284,7 @@ def render_class(
 
     # The class colour, with shade variation; the texture is drawn in a darker tone of the same hue.
     colour = _hsv_to_rgb(
-        (hue / N_HUES + rng.normal(0, 0.02, n)) % 1, rng.uniform(0.55, 1.0, n), rng.uniform(0.6, 1.0, n)
+        (np.asarray(hue) / N_HUES + rng.normal(0, 0.02, n)) % 1, rng.uniform(0.55, 1.0, n), rng.uniform(0.6, 1.0, n)
     )[:, None, None, :]
     object_rgb = colour * (1 - 0.6 * ink[..., None])
 

@@ -82,6 +82,7 @@ def plan_byol_study(
         baseline=untrained_probe(base.arch, probe, base.probe_k, base.seed),
         baseline_name=f"untrained {base.arch}",
         initial_points=(initial,) if space and recipe_fits else (),
+        early_stopping=bool(space) and settings.num_samples > 1,  # nothing to stop early in a single run
         tags={"fsl.method": "byol"},
     )
 

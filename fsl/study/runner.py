@@ -159,14 +159,14 @@ def check_settings(settings: StudySettings) -> None:
 def start_ray(settings: StudySettings) -> None:
     import ray
 
-    if ray.is_initialized():
-        return
     # Keeping one checkpoint per trial forces a (cheap, milliseconds) experiment snapshot after each one,
     # which is what makes --resume exact; Tune would warn about it on every epoch.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Tune snapshots the study every 10 s or more by default; a trial started after the last snapshot is
     # unknown to --resume, which then reruns it under a new id. A snapshot takes milliseconds on local storage.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    if ray.is_initialized():
+        return
     if settings.address:
         ray.init(address=settings.address)
     else:
@@ -262,18 +262,8 @@ def _param_space(plan: StudyPlan) -> dict[str, Any]:
         **fixed,
         **{name: dim.to_tune() for name, dim in plan.space.items()},
         **{name: tune.grid_search(list(values)) for name, values in plan.grid.items()},
-        **{name: tune.sample_from(_Derived(fn)) for name, fn in plan.derived.items()},
+        **{name: tune.sample_from(fn) for name, fn in plan.derived.items()},  # fn(config) -> value
     }
-
-
-@dataclass(frozen=True)
-class _Derived:
-    """Tune's sample_from calls this with the trial's spec; the function sees the config as a dict."""
-
-    fn: Callable[[dict[str, Any]], Any]
-
-    def __call__(self, spec: Any) -> Any:
-        return self.fn(dict(spec.config))
 
 
 def _searcher(plan: StudyPlan) -> Any:

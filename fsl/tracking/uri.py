@@ -57,6 +57,8 @@ def resolve_checkpoint(checkpoint: str, tracking_uri: str | None, flag: str = "-
         return Path(checkpoint)
     import mlflow
 
+    # One small file: MLflow's progress bar would only add noise lines to the study's log.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         local = mlflow.artifacts.download_artifacts(checkpoint, tracking_uri=resolve_tracking_uri(tracking_uri))
     except Exception as err:  # MLflow raises several types for a missing run or artifact

@@ -113,7 +113,7 @@ def train_byol(
         n_probe = len(probe_split)
         acc, ci95 = ci95_from_sums(acc * n_probe, acc * n_probe, n_probe)
         weights = {k: v.detach().cpu().clone() for k, v in online.state_dict().items()}
-        if acc > best["probe_acc"]:
+        if acc > best["probe_acc"] or cfg.keep == "last":
             backbone = {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")}
             best = {"probe_acc": acc, "probe_acc_ci95": ci95, "epoch": epoch + 1, "model": backbone}
         metrics = {

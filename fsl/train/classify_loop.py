@@ -150,7 +150,7 @@ def train_classifier(
             )
             score, ci95 = ci95_from_sums(acc * len(probe_split), acc * len(probe_split), len(probe_split))
         weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        if score > best[metric]:
+        if score > best[metric] or cfg.keep == "last":
             best = {metric: score, f"{metric}_ci95": ci95, "epoch": epoch + 1, "model": weights}
         metrics = {
             "epoch": epoch + 1,

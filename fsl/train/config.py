@@ -18,6 +18,9 @@ OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("step", "cosine", "none")
 PRETRAINING = ("none", "supervised", "byol")
 FINETUNE = ("full", "frozen")
+# best: the epoch with the best validation metric is kept (and reported as best_*); last: the final epoch is,
+# as for a pre-training run of fixed length whose weights are used downstream (the seed study's BYOL).
+KEEP = ("best", "last")
 
 _TYPES = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,)}
 
@@ -172,6 +175,7 @@ class BYOLConfig(TrainConfig):
     lr_step_epochs: int = 0
     lr_gamma: float = 0.5
     sync_batchnorm: bool = True  # across DDP workers on GPUs (the paper's setting); CPU workers keep local BN
+    keep: str = "best"  # which epoch's backbone best_model.pt holds: the best probe, or the last (see KEEP)
     # The run's shape.
     epochs: int = 10
     steps_per_epoch: int = 0  # 0 = one pass over the training images
@@ -192,6 +196,7 @@ class BYOLConfig(TrainConfig):
             ("steps_per_epoch", self.steps_per_epoch >= 0, "must be >= 0"),
             ("image_size", self.image_size >= 16, "must be >= 16"),
             ("probe_k", self.probe_k >= 1, "must be >= 1"),
+            ("keep", self.keep in KEEP, f"must be one of {', '.join(KEEP)}"),
         ]
 
 
@@ -224,6 +229,7 @@ class ClassifierConfig(TrainConfig):
     epochs: int = 10
     image_size: int = 128
     probe_k: int = 20
+    keep: str = "best"
     seed: int = 0
 
     def rules(self) -> list[tuple[str, bool, str]]:
@@ -239,6 +245,7 @@ class ClassifierConfig(TrainConfig):
             ("finetune", self.finetune in FINETUNE, f"must be one of {', '.join(FINETUNE)}"),
             ("image_size", self.image_size >= 16, "must be >= 16"),
             ("probe_k", self.probe_k >= 1, "must be >= 1"),
+            ("keep", self.keep in KEEP, f"must be one of {', '.join(KEEP)}"),
         ]
 
     @property
