@@ -33,13 +33,22 @@ from fsl.models.resnet import ARCHITECTURES
 from fsl.study.byol_study import plan_byol_study, plan_supervised_pretraining
 from fsl.study.cli import add_compute_args, add_output_args, add_search_args, fail, print_outcome, study_settings
 from fsl.study.office_study import SETTINGS, backbones_needed, parse_settings, plan_office_study, with_backbones
-from fsl.study.runner import StudyPlan, StudySettings, restorable, run_study, study_outcome
+from fsl.study.runner import (
+    DRIVER_CPU,
+    StudyPlan,
+    StudySettings,
+    normalise_storage,
+    restorable,
+    run_study,
+    study_outcome,
+)
 from fsl.tracking.settings_table import SETTINGS_MD
 from fsl.tracking.uri import resolve_checkpoint
 from fsl.train.checkpoint import load_backbone_weights
 from fsl.train.config import BYOLConfig, ClassifierConfig
 
 STUDY_PREFIX = "office"
+PRETRAINING_SUFFIX = "-pretraining"
 # The demo's pre-training is sized for a 2-core laptop (BYOL: 300 steps of 128 images, about 3 minutes).
 DEMO = {"image_size": 32, "arch": "resnet18", "epochs": 12, "pretrain_epochs": 10, "byol_steps": 30, "byol_batch": 128}
 FULL = {"image_size": 128, "arch": "resnet50", "epochs": 30, "pretrain_epochs": 100, "byol_steps": 0, "byol_batch": 64}
@@ -85,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--supervised-param", action="append", default=[], metavar="NAME=VALUE", help="supervised pre-training"
     )
-    add_compute_args(parser)
-    parser.add_argument_group("compute").add_argument(
+    compute = add_compute_args(parser)
+    compute.add_argument(
         "--pretrain-cpus-per-worker",
         type=float,
         default=None,
@@ -96,15 +105,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def pretraining_storage(settings: StudySettings) -> str:
+    """Where a settings study's pre-training runs live: beside it, in a folder of their own."""
+    return f"{settings.study_path}{PRETRAINING_SUFFIX}"
+
+
 def pretraining_settings(settings: StudySettings, method: str, cpus: float) -> StudySettings:
     """A pre-training run is a one-trial study of its own, named after the settings study; it continues (or
-    is reused) when the settings study is resumed."""
+    is reused) when the settings study is resumed or rerun."""
+    storage = pretraining_storage(settings)
     name = f"{settings.study_name}-{method}"
-    path = f"{settings.study_path}-{method}"
     resources = dataclasses.replace(settings.resources, cpus_per_worker=cpus)
     return dataclasses.replace(
-        settings, study_name=name, num_samples=1, resources=resources, resume=restorable(path), max_concurrent=1
+        settings,
+        study_name=name,
+        storage=storage,
+        num_samples=1,
+        resources=resources,
+        resume=restorable(f"{storage}/{name}"),
+        max_concurrent=1,
     )
+
+
+def latest_settings_study(storage: str) -> str | None:
+    """For --resume without --study-name: the latest settings study under storage, also one that stopped
+    while its pre-training ran (its settings folder does not exist yet)."""
+    root = Path(normalise_storage(storage))
+    if not root.is_dir():
+        return None
+    names = {
+        p: p.name.removesuffix(PRETRAINING_SUFFIX)
+        for p in root.iterdir()
+        if p.is_dir()
+        and p.name.startswith(STUDY_PREFIX)
+        and (p.name.endswith(PRETRAINING_SUFFIX) or restorable(str(p)))
+    }
+    return names[max(names, key=lambda p: p.stat().st_mtime)] if names else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,7 +152,14 @@ def main(argv: list[str] | None = None) -> int:
         arch = args.arch or defaults["arch"]
         office_root = ensure_office_demo_dataset(seed=0, image_size=image_size) if demo else args.data
         chosen = parse_settings(args.settings)
+        if args.resume and args.study_name is None:
+            args.study_name = latest_settings_study(args.storage)
+            if args.study_name is None:
+                raise ValueError(f"--resume: no study to resume under {normalise_storage(args.storage)}")
         settings = study_settings(args, STUDY_PREFIX)
+        if settings.resume and not restorable(settings.study_path) and Path(pretraining_storage(settings)).is_dir():
+            # It stopped during pre-training: the settings study itself starts now, its pre-training continues.
+            settings = dataclasses.replace(settings, resume=False)
         base = ClassifierConfig(
             arch=arch, epochs=args.epochs or defaults["epochs"], image_size=image_size, seed=args.seed
         )
@@ -172,9 +215,12 @@ def plan_pretraining(
             f for m, f in (("supervised", "--supervised-checkpoint"), ("byol", "--ssl-checkpoint")) if m in missing
         )
         raise ValueError(f"--pretrain-data is needed to pre-train the backbones not given by {flags}")
-    local_cores = float(settings.num_cpus or os.cpu_count() or 1) if not settings.address else None
-    cpus = args.pretrain_cpus_per_worker or (local_cores / settings.resources.workers if local_cores else None)
-    cpus = cpus or settings.resources.cpus_per_worker
+    cpus = args.pretrain_cpus_per_worker or settings.resources.cpus_per_worker
+    if args.pretrain_cpus_per_worker is None and not settings.address:
+        # One run at a time on a local Ray: give it every core (a cluster's are unknown before Ray starts).
+        workers = settings.resources.workers
+        driver = DRIVER_CPU if workers > 1 else 0.0
+        cpus = max(cpus, ((settings.num_cpus or os.cpu_count() or 1) - driver) / workers)
     epochs = args.pretrain_epochs or defaults["pretrain_epochs"]
     plans = {}
     if "byol" in missing:

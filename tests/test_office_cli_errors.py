@@ -87,3 +87,12 @@ def test_bad_byol_params(tiny_hw4_master: Path, tmp_path: Path, capsys, params: 
     argv += [item for p in params for item in ("--param", p)] + tiny_output_argv(tmp_path, "errors", "bad")
     assert byol_search(argv) == 2
     _one_error(capsys, pattern)
+
+
+def test_resume_finds_a_settings_study_that_stopped_during_pre_training(tmp_path: Path):
+    from studies.office_settings import latest_settings_study
+
+    assert latest_settings_study(str(tmp_path / "none")) is None
+    (tmp_path / "office-a-pretraining" / "office-a-byol").mkdir(parents=True)
+    (tmp_path / "unrelated").mkdir()
+    assert latest_settings_study(str(tmp_path)) == "office-a"

@@ -139,7 +139,7 @@ def test_studio_domain_differs_and_default_is_clutter():
 
 def test_ensure_is_cached_and_atomic(tmp_path: Path):
     root = ensure_office_demo_dataset(seed=2, cache_dir=tmp_path, **SMALL)
-    assert root == office_demo_root(2, 16, tmp_path) == tmp_path / "demo" / "office-v2-seed2-16px"
+    assert root == office_demo_root(2, 16, tmp_path) == tmp_path / "demo" / "office-v3-seed2-16px"
     assert len(pd.read_csv(root / "train.csv")) == 20 and len(pd.read_csv(root / "val.csv")) == 15
     stamp = (root / "train.csv").stat().st_mtime_ns
     assert ensure_office_demo_dataset(seed=2, cache_dir=tmp_path, **SMALL) == root

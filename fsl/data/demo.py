@@ -43,7 +43,7 @@ OFFICE_CLASSES = tuple((s, t) for s in range(len(SHAPES)) for t in range(len(TEX
 # How render_class draws the background: "clutter" (the Mini-like demo) or "studio" (the office demo's domain).
 BACKGROUNDS = ("clutter", "studio")
 
-OFFICE_DEMO_VERSION = 2
+OFFICE_DEMO_VERSION = 3
 # The office demo's images are drawn from this stream of the seed, not the Mini-like demo's.
 _OFFICE_STREAM = 1
 
@@ -168,7 +168,7 @@ def ensure_office_demo_dataset(
     cache_dir: Path | None = None,
     n_classes: int = len(OFFICE_CLASSES),
     train_per_class: int = 24,
-    val_per_class: int = 8,
+    val_per_class: int = 16,
 ) -> Path:
     """Return the office demo data folder, generating it on first use (atomically, like ensure_demo_dataset).
 
@@ -187,7 +187,7 @@ def write_office_demo_dataset(
     image_size: int = 32,
     n_classes: int = len(OFFICE_CLASSES),
     train_per_class: int = 24,
-    val_per_class: int = 8,
+    val_per_class: int = 16,
 ) -> None:
     """Write an Office-Home-like HW4 layout into `root`: {train,val}.csv and {train,val}/*.png, no val_testcase.
 

@@ -173,6 +173,9 @@ def run_train_trial(
     trainer.fit()
 
 
+_STOPPED_TRIAL_FRAMES: list[Any] = []
+
+
 def run_in_process(entry: Entry, config: dict[str, Any], shared: SharedData, resources: TrialResources) -> None:
     """The single-worker path: the same loop, run directly in the Tune trial (no Train worker group, which
     costs about 15 s per trial and 2 s per report on a small machine). Tune checkpoints and restores it."""
@@ -187,4 +190,12 @@ def run_in_process(entry: Entry, config: dict[str, Any], shared: SharedData, res
             save_checkpoint(Path(directory), state)
             tune.report({**metrics, "world_size": 1}, checkpoint=tune.Checkpoint.from_directory(directory))
 
-    entry(config, shared.get(), report, Placement(device), _resume_state(tune.get_checkpoint()), None)
+    try:
+        entry(config, shared.get(), report, Placement(device), _resume_state(tune.get_checkpoint()), None)
+    except SystemExit as stop:
+        # Tune stops a trial (ASHA) by raising SystemExit in report() while the trial's process shuts down.
+        # Freeing the loop's tensors in this thread would race the interpreter's finalisation, and a torch
+        # destructor caught by it aborts the process with a long C++ stack trace (ray-project/ray#4013,
+        # #51527). The frames, and so the tensors, are kept until the process exits instead.
+        _STOPPED_TRIAL_FRAMES.append(stop.__traceback__)
+        raise

@@ -29,7 +29,7 @@ def add_search_args(parser: argparse.ArgumentParser, num_samples: int | None, wh
     return search
 
 
-def add_compute_args(parser: argparse.ArgumentParser) -> None:
+def add_compute_args(parser: argparse.ArgumentParser) -> Any:
     compute = parser.add_argument_group("compute")
     compute.add_argument(
         "--workers-per-trial", type=int, default=1, help="Ray Train workers per trial; more than 1 runs DDP (default 1)"
@@ -55,6 +55,7 @@ def add_compute_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="attach to a running Ray cluster (e.g. auto or ray://host:10001); default a local Ray",
     )
+    return compute
 
 
 def add_output_args(parser: argparse.ArgumentParser, experiment: str, prefix: str) -> None:

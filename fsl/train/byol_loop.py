@@ -22,10 +22,10 @@ from fsl.data.byol_augment import byol_views
 from fsl.data.decoded import DecodedSplit
 from fsl.methods.byol import BYOL, cosine_tau
 from fsl.train.config import BYOLConfig
-from fsl.train.evaluate import ci95_from_sums, unwrap
+from fsl.train.evaluate import unwrap
 from fsl.train.optim import build_optimizer, build_scheduler, move_optimizer_state
 from fsl.train.parallel import Placement, all_reduce_sum, batch_rows, to_device
-from fsl.train.probe import extract_features, knn_accuracy
+from fsl.train.probe import probe_accuracy
 from fsl.train.protonet_loop import Report, TrainingDiverged
 
 BACKBONE_FORMAT = "fsl.backbone/1"
@@ -38,11 +38,6 @@ def build_byol(cfg: BYOLConfig) -> BYOL:
 def steps_per_epoch(cfg: BYOLConfig, n_images: int) -> int:
     """cfg.steps_per_epoch, or one pass over the images in whole global batches."""
     return cfg.steps_per_epoch or max(1, n_images // cfg.batch_size)
-
-
-def probe(backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, k: int, placement: Placement) -> float:
-    """k-NN accuracy of the backbone's features on a labelled split (the same number on every rank)."""
-    return knn_accuracy(extract_features(backbone, images, placement), labels, k)
 
 
 def train_byol(
@@ -109,9 +104,7 @@ def train_byol(
             raise TrainingDiverged(f"byol_loss became {byol_loss} in epoch {epoch + 1} (lr={cfg.lr})")
 
         online = unwrap(trained)
-        acc = probe(online.backbone, probe_images, probe_labels, cfg.probe_k, placement)
-        n_probe = len(probe_split)
-        acc, ci95 = ci95_from_sums(acc * n_probe, acc * n_probe, n_probe)
+        acc, ci95 = probe_accuracy(online.backbone, probe_images, probe_labels, cfg.probe_k, placement)
         weights = {k: v.detach().cpu().clone() for k, v in online.state_dict().items()}
         if acc > best["probe_acc"] or cfg.keep == "last":
             backbone = {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")}

@@ -25,7 +25,7 @@ from fsl.train.config import ClassifierConfig
 from fsl.train.evaluate import ci95_from_sums, unwrap
 from fsl.train.optim import build_optimizer, build_scheduler, move_optimizer_state
 from fsl.train.parallel import Placement, all_reduce_sum, batch_rows, rank_share, to_device
-from fsl.train.probe import extract_features, knn_accuracy
+from fsl.train.probe import extract_features, probe_accuracy
 from fsl.train.protonet_loop import Report, TrainingDiverged
 
 CLASSIFIER_FORMAT = "fsl.classifier/1"
@@ -83,6 +83,9 @@ def train_classifier(
     train_labels = torch.as_tensor(train.labels, device=device)
     val_images = to_device(val.images, device) if val is not None else None
     val_labels = torch.as_tensor(val.labels_in(train.class_names, val.name), device=device) if val is not None else None
+    if probe_split is not None:
+        probe_images = to_device(probe_split.images, device)
+        probe_labels = torch.as_tensor(probe_split.labels, device=device)
     cached = features_once(cfg)
     if cached:
         train_features = extract_features(model.backbone, train_images, placement)
@@ -119,13 +122,9 @@ def train_classifier(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            sums += torch.stack(
-                [
-                    loss.detach() * len(rows),
-                    correct_count(logits.detach(), labels),
-                    torch.tensor(len(rows), device=device),
-                ]
-            ).double()
+            sums[0] += loss.detach() * len(rows)
+            sums[1] += correct_count(logits.detach(), labels)
+            sums[2] += len(rows)
         scheduler.step()
         loss_sum, correct, seen = all_reduce_sum(sums.tolist(), device)
         train_loss = loss_sum / seen
@@ -133,22 +132,15 @@ def train_classifier(
             raise TrainingDiverged(f"train_loss became {train_loss} in epoch {epoch + 1} (lr={cfg.lr})")
 
         model.eval()
-        if val is not None:
-            n_val = len(val)
+        if val_images is None:
+            score, ci95 = probe_accuracy(model.backbone, probe_images, probe_labels, cfg.probe_k, placement)
+        else:
             if cached:
-                shared_correct = correct_count(trained(val_features), val_labels)
-                right = float(shared_correct)  # every rank scored all of val
+                with torch.no_grad():  # every rank holds all of val's features: each scores all of it
+                    right = float(correct_count(model.head(val_features), val_labels))
             else:
                 right = _val_correct(model, val_images, val_labels, placement)
-            score, ci95 = ci95_from_sums(right, right, n_val)
-        else:
-            assert probe_split is not None
-            acc = knn_accuracy(
-                extract_features(model.backbone, to_device(probe_split.images, device), placement),
-                torch.as_tensor(probe_split.labels),
-                cfg.probe_k,
-            )
-            score, ci95 = ci95_from_sums(acc * len(probe_split), acc * len(probe_split), len(probe_split))
+            score, ci95 = ci95_from_sums(right, right, len(val_labels))
         weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if score > best[metric] or cfg.keep == "last":
             best = {metric: score, f"{metric}_ci95": ci95, "epoch": epoch + 1, "model": weights}

@@ -3,6 +3,8 @@ solo-learn use to follow self-supervised training), leave-one-out on a labelled 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,3 +59,12 @@ def knn_predict(
 def knn_accuracy(features: torch.Tensor, labels: torch.Tensor, k: int = 20, temperature: float = 0.07) -> float:
     labels = labels.to(features.device)
     return float((knn_predict(features, labels, k, temperature) == labels).float().mean())
+
+
+def probe_accuracy(
+    backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, k: int, placement: Placement
+) -> tuple[float, float]:
+    """k-NN accuracy of the backbone's features on a labelled split and its 95% (binomial) half-width; every
+    rank computes its share of the features and gets the same numbers."""
+    acc = knn_accuracy(extract_features(backbone, images, placement), labels, k)
+    return acc, 1.96 * math.sqrt(acc * (1 - acc) / len(labels))
