@@ -7,6 +7,7 @@ the k-NN probe (leave-one-out on the frozen online backbone's features)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -16,7 +17,7 @@ from fsl.models.resnet import build_backbone
 from fsl.study.runner import StudyPlan, StudySettings, check_settings
 from fsl.study.space import Dimension, apply_params, byol_space
 from fsl.train.config import BYOLConfig, ClassifierConfig
-from fsl.train.entries import run_byol, run_classifier
+from fsl.train.entries import Entry, run_byol, run_classifier
 from fsl.train.parallel import Placement, to_device
 from fsl.train.probe import extract_features, knn_accuracy
 
@@ -70,17 +71,14 @@ def plan_byol_study(
         _check_batch(int(size), len(train), settings.resources.workers, str(root / "train"))
     initial = {name: RECIPE[name] for name in space if name in RECIPE}
     recipe_fits = len(initial) == len(space) and all(space[n].contains(v) for n, v in initial.items())
-    return StudyPlan(
-        settings=settings,
-        base=base,
-        space=space,
-        entry=run_byol,
-        shared={"train": train, "probe": probe},
-        metric="probe_acc",
-        evaluation=f"{base.probe_k}-NN probe on {len(probe)} val images, {len(probe.class_names)} classes",
-        data_root=root,
-        baseline=untrained_probe(base.arch, probe, base.probe_k, base.seed),
-        baseline_name=f"untrained {base.arch}",
+    return _probe_scored_plan(
+        settings,
+        base,
+        space,
+        run_byol,
+        root,
+        train,
+        probe,
         initial_points=(initial,) if space and recipe_fits else (),
         early_stopping=bool(space) and settings.num_samples > 1,  # nothing to stop early in a single run
         tags={"fsl.method": "byol"},
@@ -100,19 +98,35 @@ def plan_supervised_pretraining(
     root, train, probe = load_labelled_splits(data_root, base.image_size, cache_dir)
     _check_probe(probe, base.probe_k, str(root / "val"))
     _check_batch(base.batch_size, len(train), settings.resources.workers, str(root / "train"))
+    return _probe_scored_plan(
+        settings, base, {}, run_classifier, root, train, probe, early_stopping=False, tags={"fsl.method": "supervised"}
+    )
+
+
+def _probe_scored_plan(
+    settings: StudySettings,
+    base: BYOLConfig | ClassifierConfig,
+    space: dict[str, Dimension],
+    entry: Entry,
+    root: Path,
+    train: DecodedSplit,
+    probe: DecodedSplit,
+    **options: Any,
+) -> StudyPlan:
+    """A pre-training plan: trains on `train`, scores every epoch by the k-NN probe on `probe`, against the
+    probe of an untrained backbone."""
     return StudyPlan(
         settings=settings,
         base=base,
-        space={},
-        entry=run_classifier,
+        space=space,
+        entry=entry,
         shared={"train": train, "probe": probe},
         metric="probe_acc",
         evaluation=f"{base.probe_k}-NN probe on {len(probe)} val images, {len(probe.class_names)} classes",
         data_root=root,
         baseline=untrained_probe(base.arch, probe, base.probe_k, base.seed),
         baseline_name=f"untrained {base.arch}",
-        early_stopping=False,
-        tags={"fsl.method": "supervised"},
+        **options,
     )
 
 

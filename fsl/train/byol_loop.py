@@ -23,10 +23,11 @@ from fsl.data.decoded import DecodedSplit
 from fsl.methods.byol import BYOL, cosine_tau
 from fsl.train.config import BYOLConfig
 from fsl.train.evaluate import unwrap
-from fsl.train.optim import build_optimizer, build_scheduler, move_optimizer_state
+from fsl.train.optim import build_optimizer, build_scheduler
 from fsl.train.parallel import Placement, all_reduce_sum, batch_rows, to_device
 from fsl.train.probe import probe_accuracy
 from fsl.train.protonet_loop import Report, TrainingDiverged
+from fsl.train.run_state import cpu_weights, epoch_state, restore
 
 BACKBONE_FORMAT = "fsl.backbone/1"
 
@@ -60,15 +61,7 @@ def train_byol(
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     scheduler = build_scheduler(cfg, optimizer)
-    start_epoch, best = 0, {"probe_acc": -math.inf, "probe_acc_ci95": 0.0, "epoch": 0, "model": None}
-    if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        start_epoch = int(resume_state["epoch"])
-        best = dict(resume_state["best"])
-    model.to(device)
-    move_optimizer_state(optimizer, device)
+    start_epoch, best = restore(model, optimizer, scheduler, resume_state, "probe_acc", device)
     trained = prepare_model(model) if prepare_model else model
 
     train_images = to_device(train.images, device)
@@ -105,7 +98,7 @@ def train_byol(
 
         online = unwrap(trained)
         acc, ci95 = probe_accuracy(online.backbone, probe_images, probe_labels, cfg.probe_k, placement)
-        weights = {k: v.detach().cpu().clone() for k, v in online.state_dict().items()}
+        weights = cpu_weights(online)
         if acc > best["probe_acc"] or cfg.keep == "last":
             backbone = {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")}
             best = {"probe_acc": acc, "probe_acc_ci95": ci95, "epoch": epoch + 1, "model": backbone}
@@ -124,14 +117,6 @@ def train_byol(
             "epoch_time_s": time.perf_counter() - started,
             "images_per_s": n_steps * cfg.batch_size / (time.perf_counter() - started),
         }
-        state = {
-            "model": weights,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "epoch": epoch + 1,
-            "best": best,
-            "config": cfg.to_dict(),
-            "format": BACKBONE_FORMAT,
-        }
+        state = epoch_state(weights, optimizer, scheduler, epoch + 1, best, cfg, BACKBONE_FORMAT)
         report(metrics, state)
     return metrics

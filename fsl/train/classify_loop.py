@@ -23,10 +23,11 @@ from fsl.data.decoded import DecodedSplit
 from fsl.methods.classifier import Classifier, correct_count
 from fsl.train.config import ClassifierConfig
 from fsl.train.evaluate import ci95_from_sums, unwrap
-from fsl.train.optim import build_optimizer, build_scheduler, move_optimizer_state
+from fsl.train.optim import build_optimizer, build_scheduler
 from fsl.train.parallel import Placement, all_reduce_sum, batch_rows, rank_share, to_device
 from fsl.train.probe import extract_features, probe_accuracy
 from fsl.train.protonet_loop import Report, TrainingDiverged
+from fsl.train.run_state import cpu_weights, epoch_state, restore
 
 CLASSIFIER_FORMAT = "fsl.classifier/1"
 
@@ -67,15 +68,7 @@ def train_classifier(
     optimizer = build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     scheduler = build_scheduler(cfg, optimizer)
     metric = "val_acc" if val is not None else "probe_acc"
-    start_epoch, best = 0, {metric: -math.inf, f"{metric}_ci95": 0.0, "epoch": 0, "model": None}
-    if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        start_epoch = int(resume_state["epoch"])
-        best = dict(resume_state["best"])
-    model.to(device)
-    move_optimizer_state(optimizer, device)
+    start_epoch, best = restore(model, optimizer, scheduler, resume_state, metric, device)
     # Only what trains is wrapped for DDP: the head alone when the backbone is frozen.
     trained = prepare_model(model.head if frozen else model) if prepare_model else (model.head if frozen else model)
 
@@ -141,7 +134,7 @@ def train_classifier(
             else:
                 right = _val_correct(model, val_images, val_labels, placement)
             score, ci95 = ci95_from_sums(right, right, len(val_labels))
-        weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        weights = cpu_weights(model)
         if score > best[metric] or cfg.keep == "last":
             best = {metric: score, f"{metric}_ci95": ci95, "epoch": epoch + 1, "model": weights}
         metrics = {
@@ -157,15 +150,7 @@ def train_classifier(
             "local_steps": n_steps,
             "epoch_time_s": time.perf_counter() - started,
         }
-        state = {
-            "model": weights,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "epoch": epoch + 1,
-            "best": best,
-            "config": cfg.to_dict(),
-            "format": CLASSIFIER_FORMAT,
-        }
+        state = epoch_state(weights, optimizer, scheduler, epoch + 1, best, cfg, CLASSIFIER_FORMAT)
         report(metrics, state)
     return metrics
 

@@ -23,8 +23,9 @@ from fsl.data.episodes import EpisodeSampler, FixedEpisodes
 from fsl.methods.protonet import ProtoNet, protonet_loss
 from fsl.train.config import ProtoNetConfig
 from fsl.train.evaluate import ci95_from_sums, evaluate_episodes, unwrap
-from fsl.train.optim import build_optimizer, build_scheduler, move_optimizer_state
+from fsl.train.optim import build_optimizer, build_scheduler
 from fsl.train.parallel import Placement, all_reduce_sum, to_device
+from fsl.train.run_state import cpu_weights, epoch_state, restore
 
 BEST_MODEL_FORMAT = "fsl.protonet/1"
 Report = Callable[[dict[str, Any], dict[str, Any]], None]
@@ -71,15 +72,7 @@ def train_protonet(
     model = build_model(cfg)
     optimizer = build_optimizer(cfg, model.parameters())
     scheduler = build_scheduler(cfg, optimizer)
-    start_epoch, best = 0, {"val_acc": -math.inf, "val_acc_ci95": 0.0, "epoch": 0, "model": None}
-    if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        start_epoch = int(resume_state["epoch"])
-        best = dict(resume_state["best"])
-    model.to(device)
-    move_optimizer_state(optimizer, device)
+    start_epoch, best = restore(model, optimizer, scheduler, resume_state, "val_acc", device)
     model = prepare_model(model) if prepare_model else model
 
     train_images = to_device(train.images, device)
@@ -120,8 +113,7 @@ def train_protonet(
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"train_loss became {train_loss} in epoch {epoch + 1} (lr={cfg.lr})")
         val_acc, val_ci95 = ci95_from_sums(acc_sum, acc_sq, n_eval)
-        # One CPU copy of the weights per epoch serves both the checkpoint and, when it improved, the best model.
-        weights = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+        weights = cpu_weights(unwrap(model))
         if val_acc > best["val_acc"]:
             best = {
                 "val_acc": val_acc,
@@ -143,14 +135,6 @@ def train_protonet(
             "local_train_loss": local_loss,
             "epoch_time_s": time.perf_counter() - started,
         }
-        state = {
-            "model": weights,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "epoch": epoch + 1,
-            "best": best,
-            "config": cfg.to_dict(),
-            "format": BEST_MODEL_FORMAT,
-        }
+        state = epoch_state(weights, optimizer, scheduler, epoch + 1, best, cfg, BEST_MODEL_FORMAT)
         report(metrics, state)
     return metrics
