@@ -138,3 +138,25 @@ def test_given_checkpoints_skip_pre_training(office, tiny_office: Path, capsys):
     assert sorted(children["tags.fsl.setting"]) == ["C", "D"]
     assert given["params.supervised_checkpoint"] == supervised_file
     assert not runs["tags.mlflow.runName"].isin(["given-byol", "given-supervised"]).any()
+
+
+def test_settings_train_with_two_worker_ddp(office, tiny_office: Path):
+    """Full fine-tuning (A) and a frozen backbone with features extracted once (E) on 2 DDP workers."""
+    runs = _office_runs(office["uri"])
+    parent = runs[(runs["tags.fsl.role"] == "study") & (runs["tags.mlflow.runName"] == "settings")].iloc[0]
+    argv = [
+        *("--data", str(tiny_office), "--image-size", "16", "--arch", "resnet18", "--epochs", "2"),
+        *("--settings", "A,E", "--ssl-checkpoint", parent["params.byol_checkpoint"], "--workers-per-trial", "2"),
+        *_params("--param", TINY_CLASSIFIER_PARAMS),
+        *tiny_output_argv(office["tmp"], "office", "ddp"),
+    ]
+    assert office_settings(argv) == 0
+    trial_dirs = sorted((office["tmp"] / "results" / "ddp").glob("trial-*"))
+    assert len(trial_dirs) == 2
+    for trial_dir in trial_dirs:
+        results = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+        assert [r["epoch"] for r in results] == [1, 2]
+        for r in results:
+            assert r["world_size"] == 2 and r["ranks_reporting"] == 2
+            assert r["val_acc_rank_spread"] == 0.0  # every rank scored the same val split
+            assert r["local_steps"] == 3  # 36 images in global batches of 12, each rank half of every batch
