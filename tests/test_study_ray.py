@@ -53,6 +53,9 @@ def test_mlflow_has_one_parent_and_one_child_per_trial(study):
     # The first trial is the paper's recipe (clipped to the searched train_way range).
     assert ((children["params.lr"] == "0.001") & (children["params.distance"] == "euclidean")).any()
     assert parent["metrics.untrained_val_acc"] > 0
+    for tag in ("fsl.dataset_hash", "fsl.code_version", "fsl.hardware"):
+        assert parent[f"tags.{tag}"] and (children[f"tags.{tag}"] == parent[f"tags.{tag}"]).all(), tag
+    assert parent["tags.fsl.hardware"].startswith("4 CPU, 0 GPU")  # the test's Ray
     assert parent["metrics.best_val_acc"] == pytest.approx(children["metrics.final_best_val_acc"].max())
 
 

@@ -218,8 +218,9 @@ def study_trial(
         run_in_process(entry, config, shared, resources)
 
 
-def build_callback(plan: StudyPlan) -> Any:
+def build_callback(plan: StudyPlan, cluster_resources: dict[str, float]) -> Any:
     from fsl.tracking.mlflow_callback import MLflowStudyCallback
+    from fsl.tracking.provenance import code_version, dataset_hash, hardware
 
     s, base = plan.settings, plan.base
     searched = "; ".join(f"{n}={d.describe()}" for n, d in plan.space.items())
@@ -249,7 +250,13 @@ def build_callback(plan: StudyPlan) -> Any:
         study_metrics=baseline,
         results_dir=str(plan.results_dir),
         metric=plan.metric,
-        tags={"fsl.dataset": plan.data_root.name, **plan.tags},
+        tags={
+            "fsl.dataset": plan.data_root.name,
+            "fsl.dataset_hash": dataset_hash(plan.shared),
+            "fsl.code_version": code_version(),
+            "fsl.hardware": hardware(cluster_resources),
+            **plan.tags,
+        },
         trial_tags=plan.trial_tags,
     )
 
@@ -301,6 +308,7 @@ def _scheduler(plan: StudyPlan) -> Any:
 
 
 def run_study(plan: StudyPlan) -> StudyOutcome:
+    import ray
     from ray import tune
 
     from fsl.distributed.placement import ReleaseTrainPlacementGroups
@@ -336,7 +344,7 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
                 name=s.study_name,
                 storage_path=s.storage,
                 callbacks=[
-                    build_callback(plan),
+                    build_callback(plan, ray.cluster_resources()),
                     ProgressPrinter(plan.shown, plan.base.epochs, plan.total_trials, plan.metric),  # type: ignore[attr-defined]
                     ReleaseTrainPlacementGroups(),
                 ],
