@@ -26,8 +26,7 @@ from fsl.train.evaluate import ci95_from_sums, unwrap
 from fsl.train.optim import build_optimizer, build_scheduler
 from fsl.train.parallel import Placement, all_reduce_sum, batch_rows, rank_share, to_device
 from fsl.train.probe import extract_features, probe_accuracy
-from fsl.train.protonet_loop import Report, TrainingDiverged
-from fsl.train.run_state import cpu_weights, epoch_state, restore
+from fsl.train.run_state import Report, TrainingDiverged, cpu_weights, epoch_state, restore
 
 CLASSIFIER_FORMAT = "fsl.classifier/1"
 

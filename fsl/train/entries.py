@@ -13,7 +13,8 @@ from fsl.train.byol_loop import train_byol
 from fsl.train.classify_loop import train_classifier
 from fsl.train.config import BYOLConfig, ClassifierConfig, ProtoNetConfig
 from fsl.train.parallel import Placement
-from fsl.train.protonet_loop import Report, train_protonet
+from fsl.train.protonet_loop import train_protonet
+from fsl.train.run_state import Report
 
 
 class Entry(Protocol):

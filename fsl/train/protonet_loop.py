@@ -25,14 +25,9 @@ from fsl.train.config import ProtoNetConfig
 from fsl.train.evaluate import ci95_from_sums, evaluate_episodes, unwrap
 from fsl.train.optim import build_optimizer, build_scheduler
 from fsl.train.parallel import Placement, all_reduce_sum, to_device
-from fsl.train.run_state import cpu_weights, epoch_state, restore
+from fsl.train.run_state import Report, TrainingDiverged, cpu_weights, epoch_state, restore
 
 BEST_MODEL_FORMAT = "fsl.protonet/1"
-Report = Callable[[dict[str, Any], dict[str, Any]], None]
-
-
-class TrainingDiverged(FloatingPointError):
-    """The training loss became NaN or infinite."""
 
 
 def build_model(cfg: ProtoNetConfig) -> ProtoNet:

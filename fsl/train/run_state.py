@@ -4,12 +4,20 @@ the best epoch so far (its metric, interval and weights)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from fsl.train.optim import move_optimizer_state
+
+# What a loop calls after every epoch: report(metrics, state); the caller decides where the state is saved.
+Report = Callable[[dict[str, Any], dict[str, Any]], None]
+
+
+class TrainingDiverged(FloatingPointError):
+    """The training loss became NaN or infinite."""
 
 
 def restore(
