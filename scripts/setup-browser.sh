@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install Debian's headless Chromium and its WebDriver once, for the browser test of the MLflow UI
+# (tests/test_browser_mlflow.py). Does nothing when both are already there.
+set -euo pipefail
+
+if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+  exit 0
+fi
+if ! command -v apt-get > /dev/null; then
+  echo "warning: no apt-get; install chromium and chromium-driver yourself (the browser test is skipped without them)" >&2
+  exit 0
+fi
+SUDO=()
+if [ "$(id -u)" != 0 ]; then
+  SUDO=(sudo)
+fi
+echo "Installing chromium and chromium-driver (first run only; log in /tmp/fsl-setup-browser.log) ..." >&2
+{
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+      chromium chromium-driver
+} > /tmp/fsl-setup-browser.log 2>&1 || {
+  tail -n 30 /tmp/fsl-setup-browser.log >&2
+  echo "error: installing chromium and chromium-driver failed; the whole log is in /tmp/fsl-setup-browser.log" >&2
+  exit 1
+}
+echo "Chromium ready: $(/usr/bin/chromium --version 2>/dev/null || echo /usr/bin/chromium)" >&2
