@@ -289,13 +289,14 @@ def fake_store(tmp_path_factory) -> str:
         study_params={"search_space": "lr=[0.0001, 0.01] (log)", "grid": "setting={A, B, C, D, E}"},
         trial_tags=("setting", "pretraining", "finetune"),
     )  # fmt: skip
+    # An ablation's cells as the study tags them: fsl.cell is a label made from the cell's key (k_shot).
     cells = [
-        {"config": {"cell": cell, "width": width, "epochs": 2}, "scores": [score, score + 0.01]}
-        for cell, width, score in (("c1", 8, 0.4), ("c1", 16, 0.6), ("c2", 8, 0.3), ("c2", 16, 0.2))
+        {"config": {"k_shot": k, "cell": f"{k}-shot", "width": width, "epochs": 2}, "scores": [score, score + 0.01]}
+        for k, width, score in ((1, 8, 0.4), (1, 16, 0.6), (5, 8, 0.3), (5, 16, 0.2))
     ]
     _log_study(
-        uri, tmp_path, "cells", cells, searched=["cell", "width"],
-        study_params={"search_space": "width={8, 16}", "grid": "cell={c1, c2}"}, trial_tags=("cell",),
+        uri, tmp_path, "cells", cells, searched=["k_shot", "width"], study_params={"search_space": "width={8, 16}"},
+        trial_tags=("cell",),
     )  # fmt: skip
     byol = [
         {"config": {"lr": lr, "augment_strength": strength, "epochs": 2}, "scores": [score - 0.1, score]}
@@ -343,10 +344,12 @@ def test_cells_get_a_best_per_cell_table_and_missing_sections_say_why(fake_store
     assert report(["--tracking-uri", fake_store, "--experiment", "fake", "--study", "cells", "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
     rows = _table_rows(_section(text, "Best trial per cell"))
-    assert [(r["cell"], r["trials"], r["val_acc"], r["width"]) for r in rows] == [
-        ("c1", "2", "0.6100 ± 0.0500", "16"),
-        ("c2", "2", "0.3100 ± 0.0500", "8"),
+    assert [(r["cell"], r["trials"], r["val_acc"], r["k_shot"], r["width"]) for r in rows] == [
+        ("1-shot", "2", "0.6100 ± 0.0500", "1", "16"),
+        ("5-shot", "2", "0.3100 ± 0.0500", "5", "8"),
     ]
+    importance = [row["parameter"] for row in _table_rows(_section(text, "Hyperparameter importance"))]
+    assert sorted(importance) == ["k_shot", "width"]  # the searched width and the cells' key
     assert "Skipped: the trials have no lr and augment parameter." in text
     assert "## Settings A–E" not in text
 

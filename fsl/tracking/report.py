@@ -314,9 +314,25 @@ class Importance:
 
 def importance_params(runs: StudyRuns) -> list[str]:
     """The searched parameters (search space and grid, as the parent records them; else those named in the child
-    runs) that exist as params."""
+    runs), and an ablation's cell key, that exist as params."""
     names = list(runs.space) or list(runs.shown)
+    key = cell_key(runs)
+    if key is not None and key not in names:
+        names.insert(0, key)
     return [n for n in names if f"params.{n}" in runs.trials]
+
+
+def cell_key(runs: StudyRuns) -> str | None:
+    """The parameter that defines an ablation's cells (tag fsl.cell): the first one named in the child runs that
+    is the same within every cell and differs between cells."""
+    trials = runs.trials
+    if "tags.fsl.cell" not in trials or trials["tags.fsl.cell"].nunique() < 2:
+        return None
+    for name in runs.shown:
+        values = trials[f"params.{name}"].astype(str)
+        if values.groupby(trials["tags.fsl.cell"]).nunique().eq(1).all() and values.nunique() > 1:
+            return name
+    return None
 
 
 def param_importances(
