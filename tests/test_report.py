@@ -233,8 +233,11 @@ def test_no_log_writes_only_the_local_report(study, tmp_path: Path):
 # --- studies logged by the real callback, driven as Tune drives it ---------------------------------------------
 
 
-def _log_study(uri: str, tmp: Path, name: str, trials: list[dict], metric: str = "val_acc", **callback) -> None:
-    """Each trial dict: its config and its metric per epoch; run through the callback's Tune hooks."""
+def _log_study(
+    uri: str, tmp: Path, name: str, trials: list[dict], metric: str = "val_acc", crash: bool = False, **callback
+) -> None:
+    """Each trial dict: its config and its metric per epoch; run through the callback's Tune hooks. With crash, the
+    driver dies during the last trial (it never completes, the study never ends)."""
     cb = MLflowStudyCallback(
         tracking_uri=uri, experiment="fake", study_name=name, study_path=f"/storage/{name}", metric=metric,
         results_dir=str(tmp / name), study_metrics={f"untrained_{metric}": 0.1}, **callback,
@@ -253,6 +256,8 @@ def _log_study(uri: str, tmp: Path, name: str, trials: list[dict], metric: str =
             result |= {f"best_{metric}": best[0], f"best_{metric}_ci95": best[1], "best_epoch": best[2]}
             trial.last_result = result
             cb.on_trial_result(0, [], trial, result)
+        if crash and i == len(trials) - 1:
+            return
         cb.on_trial_complete(0, [], trial)
         done.append(trial)
     cb.on_experiment_end(done)
@@ -306,6 +311,19 @@ def fake_store(tmp_path_factory) -> str:
         uri, tmp_path, "byol", byol, metric="probe_acc", searched=["lr", "augment_strength"],
         study_params={"search_space": "lr=[0.0001, 0.003] (log); augment_strength=[0.3, 1.2]"},
     )  # fmt: skip
+    crashed = [
+        {"config": {"lr": 0.001, "epochs": 3}, "scores": [0.3, 0.4, 0.35]},
+        {"config": {"lr": 0.01, "epochs": 3}, "scores": [0.5, 0.45]},  # its driver died after epoch 2
+    ]
+    _log_study(
+        uri,
+        tmp_path,
+        "crashed",
+        crashed,
+        crash=True,
+        searched=["lr"],
+        study_params={"search_space": "lr=[0.001, 0.01] (log)"},
+    )
     single = [{"config": {"lr": 0.001, "epochs": 2}, "scores": [0.3, 0.4]}]
     _log_study(uri, tmp_path, "single", single, searched=[], study_params={"search_space": "none (fixed)"})
     return uri
@@ -378,6 +396,18 @@ def test_a_byol_study_is_ranked_by_its_probe(fake_store: str, tmp_path: Path):
         "augment_strength": "float [0.3, 1]",
     }
     assert "coloured by `augment_strength`" in text and (out / "lr.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_a_study_whose_driver_died_is_reported_from_the_epochs_it_logged(fake_store: str, tmp_path: Path):
+    out = tmp_path / "crashed-report"
+    assert report(["--tracking-uri", fake_store, "--study", "crashed", "--out", str(out), "--no-log"]) == 0
+    text = (out / "report.md").read_text()
+    assert "parent run `" in text and "(running)" in text and "- Trials: 2 (1 finished, 1 running)" in text
+    rows = _table_rows(_section(text, "Best trials"))
+    assert [(r["lr"], r["val_acc"], r["best epoch"], r["epochs"], r["status"]) for r in rows] == [
+        ("0.01", "0.5000 ± 0.0500", "1", "2/3", "running"),
+        ("0.001", "0.4000 ± 0.0500", "2", "3/3", "finished"),
+    ]
 
 
 def test_the_latest_study_is_the_default(fake_store: str, tmp_path: Path, capsys):

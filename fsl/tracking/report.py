@@ -730,7 +730,7 @@ def _header(runs: StudyRuns) -> list[str]:
     if provenance:
         lines.append("- " + ", ".join(provenance))
     if not trials.empty:
-        counts = trials["status"].str.lower().value_counts().to_dict()
+        counts = trials["status"].str.lower().value_counts().sort_index().to_dict()
         stopped = int(trials["stopped_early"].sum())
         text = f"- Trials: {len(trials)} ({', '.join(f'{v} {k}' for k, v in counts.items())}"
         text += f"; {stopped} stopped early)" if stopped else ")"
