@@ -1,0 +1,495 @@
+"""Drive the MLflow UI in Debian's headless Chromium (scripts/setup-browser.sh installs it): start a real
+`mlflow server`, open an experiment's runs table and the compare-runs view, and check what they show.
+
+The checks raise AssertionError naming what is missing, so a test fails on a study whose trials are not
+nested under the study's run or lack a param. They read the page as MLflow 3's UI renders it: an ag-grid
+runs table (one row per run, `row-id` = run id, one cell per column, `col-id` = ``params.`lr` ``), nested
+runs grouped under their parent behind an expander, param and metric columns chosen in the "Columns"
+selector, and the compare view's tables of params and metrics, one column per run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import WebDriverWait
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+WINDOW = (1600, 1000)
+WAIT_S = 30.0
+# What a table cell shows for a value the run does not have.
+EMPTY_CELLS = {"", "-"}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def browser_available() -> bool:
+    return os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)
+
+
+# --- the server ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MlflowServer:
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.is_file() else ""
+
+    def stop(self) -> None:
+        """Stop the server and its worker: the process group it leads (started in its own session)."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=15)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_mlflow_server(root: Path, timeout_s: float = 90.0) -> MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 with a SQLite store and served artifacts under root (one worker:
+    tests share a small machine). Returns once GET /health answers OK."""
+    root = root.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = root / "mlflow-server.log"
+    command = [
+        *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
+        *("--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"),
+        *("--artifacts-destination", str(root / "mlartifacts")),
+    ]
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    server = MlflowServer(f"http://127.0.0.1:{port}", process, log)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with status {process.returncode}:\n{server.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"{server.url}/health", timeout=2) as response:
+                if response.status == 200 and response.read().strip() == b"OK":
+                    return server
+        except OSError:
+            pass
+        time.sleep(0.3)
+    server.stop()
+    raise RuntimeError(f"mlflow server did not answer /health within {timeout_s:.0f} s:\n{server.log_tail()}")
+
+
+# --- the browser --------------------------------------------------------------------------------------------
+
+
+def open_chromium(window: tuple[int, int] = WINDOW) -> WebDriver:
+    """Headless Debian Chromium through its own chromedriver: both paths are given, so Selenium Manager (which
+    would download a driver) never runs; SE_OFFLINE keeps it offline should it run anyway."""
+    os.environ.setdefault("SE_OFFLINE", "true")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",  # root in CI and containers
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        f"--window-size={window[0]},{window[1]}",
+        "--lang=en-US",
+    ):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+
+
+def save_screenshot(driver: WebDriver, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not driver.save_screenshot(str(path)):
+        raise AssertionError(f"Chromium could not write the screenshot {path}")
+    return path
+
+
+def is_png(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > len(PNG_MAGIC) and path.read_bytes()[:8] == PNG_MAGIC
+
+
+def _wait(driver: WebDriver, condition, what: str, timeout_s: float = WAIT_S):
+    """WebDriverWait that fails with an AssertionError saying what the page did not show."""
+    try:
+        return WebDriverWait(driver, timeout_s, ignored_exceptions=(StaleElementReferenceException,)).until(condition)
+    except TimeoutException:
+        raise AssertionError(f"{what} (waited {timeout_s:.0f} s on {driver.current_url})") from None
+
+
+# --- the experiment page: the runs table --------------------------------------------------------------------
+
+
+def experiment_url(base_url: str, experiment_id: str) -> str:
+    return f"{base_url}/#/experiments/{experiment_id}/runs"
+
+
+def compare_url(base_url: str, experiment_id: str, run_ids: Sequence[str]) -> str:
+    runs = urllib.parse.quote(json.dumps(list(run_ids)))
+    experiments = urllib.parse.quote(json.dumps([experiment_id]))
+    return f"{base_url}/#/compare-runs?runs={runs}&experiments={experiments}"
+
+
+RUN_NAME = "attributes.`Run Name`"
+
+
+def param_column(name: str) -> str:
+    return f"params.`{name}`"
+
+
+def metric_column(name: str) -> str:
+    return f"metrics.`{name}`"
+
+
+def _row_cell(driver: WebDriver, run_id: str, column: str) -> WebElement | None:
+    cells = driver.find_elements(By.CSS_SELECTOR, f"[role=row][row-id='{run_id}'] [role=gridcell][col-id='{column}']")
+    return cells[0] if cells else None
+
+
+def _run_link(driver: WebDriver, run_id: str) -> WebElement | None:
+    cell = _row_cell(driver, run_id, RUN_NAME)
+    if cell is None:
+        return None
+    links = cell.find_elements(By.CSS_SELECTOR, f"a[href$='/runs/{run_id}']")
+    return links[0] if links else None
+
+
+def _close_assistant(driver: WebDriver) -> None:
+    """MLflow 3 opens its assistant panel beside the table on a first visit; it only takes room."""
+    for button in driver.find_elements(By.CSS_SELECTOR, "[data-component-id='mlflow.assistant.chat_panel.close']"):
+        if button.is_displayed():
+            button.click()
+
+
+def _column_selector_nodes(driver: WebDriver) -> list[tuple[str, str, WebElement]]:
+    """The column selector's tree as (group, name, node): groups are Attributes, Metrics (n), Parameters (n)."""
+    tree = driver.find_element(By.CSS_SELECTOR, "[data-testid=column-selector-tree]")
+    nodes, group = [], ""
+    for node in tree.find_elements(By.CSS_SELECTOR, ".du-bois-light-tree-treenode"):
+        if node.get_attribute("aria-hidden") == "true":  # the tree's hidden measuring node
+            continue
+        text = node.text.strip()
+        if node.find_elements(By.CSS_SELECTOR, ".du-bois-light-tree-switcher_open, .du-bois-light-tree-switcher_close"):
+            group = text.split(" (")[0]
+        else:
+            nodes.append((group, text, node))
+    return nodes
+
+
+def choose_columns(driver: WebDriver, show: dict[str, Iterable[str]], hide: Iterable[str] = ()) -> None:
+    """Tick columns in the runs table's "Columns" selector, as a person would: show = {"Parameters": [...],
+    "Metrics": [...]}; hide = attribute columns to untick (room for the others)."""
+    _wait(
+        driver,
+        lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid=column-selection-dropdown]"),
+        "the runs table has no Columns selector",
+    )[0].click()
+    search = _wait(
+        driver,
+        lambda d: d.find_element(By.CSS_SELECTOR, "[role=dialog] input[placeholder='Search columns']"),
+        "the Columns selector did not open",
+    )
+    wanted = [(group, name, True) for group, names in show.items() for name in names]
+    wanted += [("Attributes", name, False) for name in hide]
+    for group, name, on in wanted:
+        search.send_keys(Keys.CONTROL, "a")
+        search.send_keys(name)
+
+        def node_for(d: WebDriver, group: str = group, name: str = name) -> WebElement | None:
+            found = [node for g, text, node in _column_selector_nodes(d) if g == group and text == name]
+            return found[0] if found else None
+
+        node = _wait(driver, node_for, f"the Columns selector lists no {group[:-1].lower()} '{name}'", 10)
+        checked = "checkbox-checked" in (node.get_attribute("class") or "")
+        if checked != on:
+            node.find_element(By.CSS_SELECTOR, ".du-bois-light-tree-checkbox").click()
+            _wait(
+                driver,
+                lambda d, n=node_for, on=on: ("checkbox-checked" in (n(d).get_attribute("class") or "")) == on,
+                f"the Columns selector did not {'tick' if on else 'untick'} '{name}'",
+                10,
+            )
+    search.send_keys(Keys.ESCAPE)
+    _wait(driver, lambda d: not d.find_elements(By.CSS_SELECTOR, "[data-testid=column-selector-tree]"), "close")
+
+
+def _cell_texts(driver: WebDriver, run_ids: Sequence[str], columns: Sequence[str]) -> dict[tuple[str, str], str]:
+    """The text of each (run, column) cell. ag-grid renders only the columns in view, so the table is scrolled
+    sideways until every cell has been seen (or the end is reached)."""
+    texts: dict[tuple[str, str], str] = {}
+    scroller = driver.find_elements(By.CSS_SELECTOR, ".ag-body-horizontal-scroll-viewport")
+    position = 0
+    while True:
+        for run_id in run_ids:
+            for column in columns:
+                if (run_id, column) not in texts and (cell := _row_cell(driver, run_id, column)) is not None:
+                    texts[run_id, column] = cell.text.strip()
+        if len(texts) == len(run_ids) * len(columns) or not scroller:
+            break
+        width, scroll_width = driver.execute_script(
+            "return [arguments[0].clientWidth, arguments[0].scrollWidth]", scroller[0]
+        )
+        if position + width >= scroll_width:
+            break
+        position += max(width // 2, 100)
+        driver.execute_script("arguments[0].scrollLeft = arguments[1]", scroller[0], position)
+        time.sleep(0.2)  # ag-grid renders the newly visible columns on its next animation frame
+    if position:
+        driver.execute_script("arguments[0].scrollLeft = 0", scroller[0])
+    return texts
+
+
+@dataclass
+class RunsTable:
+    """What the runs table showed: each run's name, each child's cell text per column, and each run's name's
+    distance from the left edge in px (the nesting indent)."""
+
+    names: dict[str, str]
+    cells: dict[str, dict[str, str]]
+    indent: dict[str, float]
+
+
+def open_runs_table(
+    driver: WebDriver,
+    base_url: str,
+    experiment_id: str,
+    parent_id: str,
+    params: Sequence[str],
+    metrics: Sequence[str],
+) -> None:
+    """Open the experiment's runs table with the given param and metric columns ticked."""
+    driver.get(experiment_url(base_url, experiment_id))
+    _wait(driver, lambda d: _run_link(d, parent_id), f"the runs table does not show the parent run {parent_id}")
+    _close_assistant(driver)
+    choose_columns(driver, {"Parameters": params, "Metrics": metrics}, hide=("Dataset", "Source", "Models"))
+    widen_column(driver, RUN_NAME, 300)  # trial names are long: "lr=2.29e-03 augment=none head_depth=3 ..."
+
+
+def widen_column(driver: WebDriver, column: str, by_px: int) -> None:
+    """Drag the column header's resize handle, as a person would."""
+    headers = driver.find_elements(By.CSS_SELECTOR, f"[role=columnheader][col-id='{column}']")
+    handles = headers[0].find_elements(By.CSS_SELECTOR, ".ag-header-cell-resize") if headers else []
+    if handles and handles[0].is_displayed():
+        ActionChains(driver).move_to_element(headers[0]).click_and_hold(handles[0]).move_by_offset(
+            by_px, 0
+        ).release().perform()
+
+
+def expand_run(driver: WebDriver, parent_id: str, child_ids: Sequence[str]) -> None:
+    """Open the parent's group of child runs (unless it is open), and wait for the children to be listed."""
+
+    def expander(d: WebDriver) -> list[WebElement]:
+        cell = _row_cell(d, parent_id, RUN_NAME)
+        return cell.find_elements(By.TAG_NAME, "button") if cell is not None else []
+
+    try:
+        buttons = _wait(driver, expander, "", 5)
+    except AssertionError:
+        raise AssertionError(
+            f"the parent run {parent_id} has no expander in the runs table: no child runs are nested under it"
+        ) from None
+    if not all(_run_link(driver, child) for child in child_ids):
+        buttons[0].click()
+    missing = lambda d: [child for child in child_ids if _run_link(d, child) is None]  # noqa: E731
+    try:
+        _wait(driver, lambda d: not missing(d), "", 15)
+    except AssertionError:
+        raise AssertionError(
+            f"after expanding the parent run {parent_id}, the runs table does not list its child runs {missing(driver)}"
+        ) from None
+
+
+def check_experiment_page(
+    driver: WebDriver,
+    base_url: str,
+    experiment_id: str,
+    parent_id: str,
+    child_ids: Sequence[str],
+    params: Sequence[str] = ("lr", "head_depth", "augment"),
+    metrics: Sequence[str] = ("val_acc",),
+) -> RunsTable:
+    """The experiment's runs table shows the parent run with every child nested under it (listed after the
+    parent is expanded, indented below it), and every child's params and metrics in their columns.
+    Returns what it read, for the caller to compare with MLflow's API."""
+    open_runs_table(driver, base_url, experiment_id, parent_id, params, metrics)
+    expand_run(driver, parent_id, child_ids)
+    rows = [row.get_attribute("row-id") for row in driver.find_elements(By.CSS_SELECTOR, "[role=row][row-id]")]
+    order = list(dict.fromkeys(rows))
+    links = {run_id: _run_link(driver, run_id) for run_id in (parent_id, *child_ids)}
+    names = {run_id: link.get_attribute("textContent").strip() for run_id, link in links.items()}
+    indent = {run_id: link.location["x"] for run_id, link in links.items()}
+    for child in child_ids:
+        if order.index(child) < order.index(parent_id):
+            raise AssertionError(f"the child run {child} is listed above its parent run {parent_id}")
+        if indent[child] <= indent[parent_id]:
+            raise AssertionError(
+                f"the child run {child} is not indented under the parent run {parent_id} "
+                f"(run name at x={indent[child]}, the parent's at x={indent[parent_id]})"
+            )
+    columns = [param_column(p) for p in params] + [metric_column(m) for m in metrics]
+    for column in columns:
+        _wait(
+            driver,
+            lambda d, c=column: (
+                d.find_elements(By.CSS_SELECTOR, f"[role=columnheader][col-id='{c}']")
+                or _cell_texts(d, child_ids[:1], [c])
+            ),
+            f"the runs table has no column {column}",
+            10,
+        )
+    texts = _cell_texts(driver, child_ids, columns)
+    missing = [
+        f"{run_id}: {column}"
+        for run_id in child_ids
+        for column in columns
+        if texts.get((run_id, column), "") in EMPTY_CELLS
+    ]
+    if missing:
+        raise AssertionError("the runs table shows no value for " + "; ".join(missing))
+    cells = {run_id: {column: texts[run_id, column] for column in columns} for run_id in child_ids}
+    return RunsTable(names=names, cells=cells, indent=indent)
+
+
+# --- the compare-runs view ----------------------------------------------------------------------------------
+
+
+def _text(element: WebElement) -> str:
+    """The element's text, also when it is scrolled out of its box (Selenium's .text is then empty)."""
+    return (element.get_attribute("textContent") or "").strip()
+
+
+def _compare_section(driver: WebDriver, section: str) -> WebElement | None:
+    """The compare view's collapsible section with this title (Run details, Parameters, Metrics, Tags)."""
+    found = driver.find_elements(
+        By.XPATH,
+        "//div[contains(@class,'collapse-item')]"
+        f"[./div[contains(@class,'collapse-header')][normalize-space(.)='{section}']]",
+    )
+    return found[0] if found else None
+
+
+def _compare_params(driver: WebDriver) -> dict[str, list[str]]:
+    """The compare view's Parameters table: name -> one value per run."""
+    section = _compare_section(driver, "Parameters")
+    rows: dict[str, list[str]] = {}
+    for row in section.find_elements(By.CSS_SELECTOR, "table tbody tr") if section is not None else []:
+        names = row.find_elements(By.CSS_SELECTOR, "th")
+        if names:
+            rows[_text(names[0])] = [_text(td) for td in row.find_elements(By.CSS_SELECTOR, "td")]
+    return rows
+
+
+def _compare_metric(driver: WebDriver, name: str) -> list[str] | None:
+    """The compare view's Metrics row of this metric: one value per run (None when it has no row). The
+    section is two virtualised grids, names and values, of 45 px rows at the same offsets; the values grid
+    is scrolled to the row so that it is rendered (and shown on a screenshot)."""
+    section = _compare_section(driver, "Metrics")
+    grids = section.find_elements(By.CSS_SELECTOR, ".ReactVirtualized__Grid") if section is not None else []
+    if len(grids) < 2:
+        return None
+    links = [a for a in grids[0].find_elements(By.CSS_SELECTOR, "a[title='Plot chart']") if _text(a) == name]
+    if not links:
+        return None
+    top = driver.execute_script("return arguments[0].parentElement.style.top", links[0])
+    driver.execute_script("arguments[0].scrollTop = parseFloat(arguments[1])", grids[1], top)
+    cells = _wait(
+        driver,
+        lambda d: grids[1].find_elements(By.XPATH, f".//div[contains(@style, 'top: {top};')]"),
+        f"the compare view shows no values of the metric {name}",
+        10,
+    )
+    cells.sort(key=lambda cell: float(driver.execute_script("return parseFloat(arguments[0].style.left)", cell)))
+    return [_text(cell) for cell in cells]
+
+
+@dataclass
+class CompareView:
+    run_ids: list[str]
+    params: dict[str, list[str]]
+    metrics: dict[str, list[str]]
+
+
+def check_compare_page(
+    driver: WebDriver,
+    base_url: str,
+    experiment_id: str,
+    run_ids: Sequence[str],
+    params: Sequence[str] = ("lr", "head_depth", "augment"),
+    metrics: Sequence[str] = ("val_acc",),
+) -> CompareView:
+    """The compare-runs view of these runs loads: one column per run (by run id, in order), a value of each
+    param for every run, and a row for each metric."""
+    driver.get(compare_url(base_url, experiment_id, run_ids))
+    title = f"Comparing {len(run_ids)} Runs"
+    _wait(
+        driver,
+        lambda d: d.find_elements(
+            By.XPATH, f"//*[self::h1 or self::h2 or self::span][starts-with(normalize-space(.), '{title}')]"
+        ),
+        f"the compare view does not say '{title}'",
+    )
+    shown = _wait(
+        driver,
+        lambda d: (
+            [
+                _text(a)
+                for a in d.find_elements(By.CSS_SELECTOR, "table.mlflow-compare-run-table thead a[href*='/runs/']")
+            ]
+            or None
+        ),
+        "the compare view lists no run ids",
+    )
+    if shown != list(run_ids):
+        raise AssertionError(f"the compare view shows the runs {shown}, not {list(run_ids)}")
+    _wait(driver, _compare_params, "the compare view shows no Parameters table")
+    table = _compare_params(driver)
+    problems = []
+    for name in params:
+        values = table.get(name)
+        if values is None:
+            problems.append(f"param {name} has no row")
+        elif len(values) != len(run_ids) or any(v in EMPTY_CELLS for v in values):
+            empty = [run for run, v in zip(run_ids, values, strict=False) if v in EMPTY_CELLS]
+            problems.append(f"param {name} has no value for {empty or 'some runs'} (row {values})")
+    _wait(driver, lambda d: _compare_section(d, "Metrics"), "the compare view shows no Metrics section")
+    shown_metrics = {}
+    for name in metrics:
+        values = _compare_metric(driver, name)
+        if values is None:
+            problems.append(f"metric {name} has no row")
+        elif len(values) != len(run_ids) or any(v in EMPTY_CELLS for v in values):
+            problems.append(f"metric {name} has no value for some runs (row {values})")
+        shown_metrics[name] = values
+    if problems:
+        raise AssertionError("the compare view of " + ", ".join(run_ids) + ": " + "; ".join(problems))
+    # Bring the runs' names and params into view (the page opens on its plots), for a screenshot.
+    driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", _compare_section(driver, "Run details"))
+    return CompareView(run_ids=shown, params={name: table[name] for name in params}, metrics=shown_metrics)
