@@ -57,6 +57,18 @@ class FixedEpisodes:
             self.episode_ids[:n], self.support[:n], self.query[:n], self.query_labels[:n], self.n_way, self.k_shot
         )
 
+    def with_shots(self, k_shot: int) -> FixedEpisodes:
+        """The same episodes with each class's first k_shot support images: episodes drawn once at the largest
+        K serve every smaller K with the same classes and queries, so accuracies over K can be paired."""
+        if not 1 <= k_shot <= self.k_shot:
+            raise ValueError(f"episodes have {self.k_shot} support images per class; cannot take {k_shot}")
+        if k_shot == self.k_shot:
+            return self
+        support = self.support.reshape(len(self), self.n_way, self.k_shot)[:, :, :k_shot]
+        return FixedEpisodes(
+            self.episode_ids, support.reshape(len(self), -1), self.query, self.query_labels, self.n_way, k_shot
+        )
+
     def shard(self, rank: int, world_size: int) -> FixedEpisodes:
         """Every world_size-th episode starting at rank: disjoint shards for data-parallel evaluation."""
         keep = slice(rank, None, world_size)

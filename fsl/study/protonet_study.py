@@ -32,7 +32,8 @@ def untrained_accuracy(base: ProtoNetConfig, data: StudyData) -> tuple[float, fl
     """An untrained Conv4 (no head, Euclidean) on the same fixed episodes: the floor a study must beat."""
     torch.manual_seed(base.seed)
     model = build_model(base.replace(head_depth=0, distance="euclidean"))
-    result = evaluate_episodes(model, torch.from_numpy(data.val.images), data.val_episodes)
+    episodes = data.val_episodes.with_shots(base.k_shot)
+    result = evaluate_episodes(model, torch.from_numpy(data.val.images), episodes)
     return result.mean, result.ci95
 
 
@@ -104,5 +105,5 @@ def describe_data(plan: StudyPlan) -> str:
     return (
         f"Data: {len(train)} train images / {len(train.class_names)} classes, {len(val)} val images / "
         f"{len(val.class_names)} classes at {base.image_size} px; {len(episodes)} fixed "  # type: ignore[attr-defined]
-        f"{base.n_way}-way {base.k_shot}-shot episodes from {plan.study_params['episodes_file']}"  # type: ignore[attr-defined]
+        f"{episodes.n_way}-way {episodes.k_shot}-shot episodes from {plan.study_params['episodes_file']}"  # type: ignore[attr-defined]
     )

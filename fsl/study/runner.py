@@ -54,6 +54,18 @@ class StudySettings:
 
 
 @dataclass(frozen=True)
+class Cells:
+    """The rows of an ablation table: one config field set to each value, every cell searched on the same budget."""
+
+    key: str  # the config field that differs between cells, e.g. "distance"
+    values: tuple[Any, ...]
+    label: str  # a cell's name from its trial config, e.g. "{k_shot}-shot"
+
+    def name(self, config: dict[str, Any]) -> str:
+        return self.label.format(**config)
+
+
+@dataclass(frozen=True)
 class StudyPlan:
     """Everything run_study needs, checked before Ray starts."""
 
@@ -69,6 +81,7 @@ class StudyPlan:
     baseline_name: str = "untrained model"
     initial_points: tuple[dict[str, Any], ...] = ()  # evaluated first (the published recipe)
     grid: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # run for every value, num_samples each
+    cells: Cells | None = None  # an ablation: num_samples trials per cell, each cell its own Optuna search
     derived: dict[str, Callable[[dict[str, Any]], Any]] = field(default_factory=dict)  # from other entries
     early_stopping: bool = True
     study_params: dict[str, Any] = field(default_factory=dict)  # logged on the MLflow parent run
@@ -84,11 +97,12 @@ class StudyPlan:
     @property
     def shown(self) -> list[str]:
         """The trial config entries that tell trials apart: in run names, tables and progress lines."""
-        return [*self.grid, *self.derived, *self.space]
+        return [*self.grid, *([self.cells.key] if self.cells else []), *self.derived, *self.space]
 
     @property
     def total_trials(self) -> int:
-        return self.settings.num_samples * math.prod(len(values) for values in self.grid.values())
+        cells = len(self.cells.values) if self.cells else 1
+        return self.settings.num_samples * cells * math.prod(len(values) for values in self.grid.values())
 
 
 @dataclass(frozen=True)
@@ -235,7 +249,7 @@ def build_callback(plan: StudyPlan, cluster_resources: dict[str, float]) -> Any:
         "search_space": searched or "none (fixed)",
         **({"grid": gridded} if gridded else {}),
         **plan.study_params,
-        **{k: v for k, v in base.to_dict().items() if k not in plan.space and k not in plan.grid},
+        **{k: v for k, v in base.to_dict().items() if k not in plan.shown},  # what every trial shares
     }
     baseline = {}
     if plan.baseline is not None:
@@ -258,6 +272,7 @@ def build_callback(plan: StudyPlan, cluster_resources: dict[str, float]) -> Any:
             **plan.tags,
         },
         trial_tags=plan.trial_tags,
+        cell_label=plan.cells.label if plan.cells else None,
     )
 
 
@@ -265,6 +280,8 @@ def _param_space(plan: StudyPlan) -> dict[str, Any]:
     from ray import tune
 
     fixed = {k: v for k, v in plan.base.to_dict().items() if k not in plan.space and k not in plan.grid}
+    if plan.cells:
+        return fixed  # CellSearch suggests the cell and the searched values
     return {
         **fixed,
         **{name: dim.to_tune() for name, dim in plan.space.items()},
@@ -274,13 +291,19 @@ def _param_space(plan: StudyPlan) -> dict[str, Any]:
 
 
 def _searcher(plan: StudyPlan) -> Any:
-    """Optuna's seeded TPE over the space; with a grid (or nothing searched), Tune's own variant generator."""
+    """Optuna's seeded TPE over the space (one per cell for an ablation); with a grid (or nothing searched),
+    Tune's own variant generator."""
+    s = plan.settings
+    if plan.cells:
+        from fsl.study.cell_search import CellSearch
+
+        initial = plan.initial_points[0] if plan.initial_points else None
+        return CellSearch(plan.cells.key, plan.cells.values, plan.space, s.num_samples, plan.metric, s.seed, initial)
     if not plan.space or plan.grid:
         return None
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    s = plan.settings
     return OptunaSearch(
         metric=plan.metric,
         mode="max",
@@ -336,7 +359,8 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
             tune_config=tune.TuneConfig(
                 search_alg=_searcher(plan),
                 scheduler=_scheduler(plan),
-                num_samples=s.num_samples,
+                # A searcher of cells hands out every trial itself; Tune multiplies a grid by num_samples.
+                num_samples=plan.total_trials if plan.cells else s.num_samples,
                 max_concurrent_trials=max_concurrent,
                 trial_dirname_creator=lambda trial: f"trial-{trial.trial_id}",
             ),

@@ -56,6 +56,15 @@ class Dimension:
             return tune.randint(int(self.low), int(self.high) + 1)  # randint's upper end is exclusive
         return tune.choice(list(self.choices))
 
+    def to_optuna(self) -> Any:
+        import optuna
+
+        if self.kind == "choice":
+            return optuna.distributions.CategoricalDistribution(self.choices)
+        if self.kind == "int":
+            return optuna.distributions.IntDistribution(int(self.low), int(self.high))
+        return optuna.distributions.FloatDistribution(self.low, self.high, log=self.kind == "loguniform")
+
     def describe(self) -> str:
         if self.kind == "choice":
             return "{" + ", ".join(str(c) for c in self.choices) + "}"
@@ -85,7 +94,7 @@ def byol_space() -> dict[str, Dimension]:
     }
 
 
-def _parse_scalar(kind: str, name: str, text: str, flag: str) -> Any:
+def parse_scalar(kind: str, name: str, text: str, flag: str) -> Any:
     text = text.strip()
     try:
         if kind == "float":
@@ -119,16 +128,16 @@ def parse_param(text: str, config: type[TrainConfig] = ProtoNetConfig) -> tuple[
     kind = types[name]
     if ".." in value and kind in ("float", "int"):
         low_text, _, high_text = value.partition("..")
-        low, high = _parse_scalar(kind, name, low_text, flag), _parse_scalar(kind, name, high_text, flag)
+        low, high = parse_scalar(kind, name, low_text, flag), parse_scalar(kind, name, high_text, flag)
         dim_kind = "int" if kind == "int" else ("loguniform" if name == "lr" else "uniform")
         try:
             return name, Dimension(name, dim_kind, low, high)
         except ValueError as err:
             raise ValueError(f"{flag}: {err}") from None
     if "," in value:
-        choices = tuple(dict.fromkeys(_parse_scalar(kind, name, part, flag) for part in value.split(",")))
+        choices = tuple(dict.fromkeys(parse_scalar(kind, name, part, flag) for part in value.split(",")))
         return name, Dimension(name, "choice", choices=choices)
-    return name, _parse_scalar(kind, name, value, flag)
+    return name, parse_scalar(kind, name, value, flag)
 
 
 def apply_params(base: C, space: dict[str, Dimension], params: list[str]) -> tuple[C, dict[str, Dimension]]:

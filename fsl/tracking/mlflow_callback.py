@@ -38,6 +38,7 @@ EPOCH_METRICS = (
 )
 ROLE_TAG, STUDY_TAG, STUDY_PATH_TAG, TRIAL_TAG = "fsl.role", "fsl.study", "fsl.study_path", "fsl.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
+CELL_TAG = "fsl.cell"
 
 
 def _quote(value: str) -> str:
@@ -67,6 +68,7 @@ class MLflowStudyCallback(Callback):
         metric: str = "val_acc",
         tags: dict[str, str] | None = None,
         trial_tags: tuple[str, ...] = (),
+        cell_label: str | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
@@ -79,6 +81,7 @@ class MLflowStudyCallback(Callback):
         self.metric = metric
         self.tags = dict(tags or {})
         self.trial_tags = tuple(trial_tags)
+        self.cell_label = cell_label  # an ablation's cell name from the trial config, e.g. "{k_shot}-shot"
         self._reset()
 
     def _reset(self) -> None:
@@ -97,6 +100,7 @@ class MLflowStudyCallback(Callback):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("cell_label", None)  # a study snapshotted by a version without ablations
         self.__dict__.update(state)
         self._reset()
 
@@ -165,6 +169,7 @@ class MLflowStudyCallback(Callback):
             TRIAL_TAG: trial.trial_id,
             **self.tags,
             **{f"fsl.{key}": str(trial.config[key]) for key in self.trial_tags if key in trial.config},
+            **({CELL_TAG: self.cell_label.format(**trial.config)} if self.cell_label else {}),
         }
         name = child_run_name(trial.config, self.searched, trial.trial_id)
         run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id

@@ -41,6 +41,16 @@ def mean_ci95(accuracies: np.ndarray | list[float]) -> tuple[float, float]:
     return float(values.mean()), float(1.96 * values.std() / math.sqrt(values.size))
 
 
+def paired_difference_ci95(a: np.ndarray | list[float], b: np.ndarray | list[float]) -> tuple[float, float]:
+    """Mean of a - b over the same episodes and its 95% half-width: the per-episode differences cancel what
+    the episodes share (their difficulty), so a real gap shows with far fewer episodes than two separate
+    intervals would need."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired results must cover the same episodes, got {a.shape} and {b.shape}")
+    return mean_ci95(a - b)
+
+
 def ci95_from_sums(total: float, total_sq: float, count: float) -> tuple[float, float]:
     """mean_ci95 from sums of x and x^2 (what data-parallel workers can all-reduce)."""
     mean = total / count

@@ -73,7 +73,9 @@ def train_protonet(
     train_images = to_device(train.images, device)
     val_images = to_device(val.images, device)
     sampler = EpisodeSampler(train.labels, cfg.train_way, cfg.k_shot, cfg.n_query)
-    eval_shard = val_episodes.head(cfg.eval_episodes).shard(placement.rank, placement.world_size)
+    # Episodes drawn at a larger K (an ablation over shots shares one set) are cut to this run's K.
+    eval_episodes = val_episodes.with_shots(cfg.k_shot).head(cfg.eval_episodes)
+    eval_shard = eval_episodes.shard(placement.rank, placement.world_size)
     policy = parse_policy(cfg.augment)
     n_steps = episodes_for_rank(cfg.episodes_per_epoch, placement.rank, placement.world_size)
 
