@@ -75,34 +75,39 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_mlflow_server(root: Path, timeout_s: float = 90.0) -> MlflowServer:
-    """A real `mlflow server` on 127.0.0.1 with a SQLite store and served artifacts under root (one worker:
-    tests share a small machine). Returns once GET /health answers OK."""
+def start_mlflow_server(
+    root: Path, backend_store_uri: str | None = None, timeout_s: float = 90.0, attempts: int = 3
+) -> MlflowServer:
+    """A real `mlflow server` on a free port of 127.0.0.1, with one worker (tests share a small machine): on
+    backend_store_uri, or a new SQLite store and served artifacts under root. Its log is root/mlflow-server.log.
+    Returns once GET /health answers OK; a server that exits first (its port taken meanwhile) is started again
+    on another port."""
     root = root.resolve()
     root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
     log = root / "mlflow-server.log"
-    command = [
-        *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
-        *("--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"),
-        *("--artifacts-destination", str(root / "mlartifacts")),
-    ]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    server = MlflowServer(f"http://127.0.0.1:{port}", process, log)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with status {process.returncode}:\n{server.log_tail()}")
-        try:
-            with urllib.request.urlopen(f"{server.url}/health", timeout=2) as response:
-                if response.status == 200 and response.read().strip() == b"OK":
-                    return server
-        except OSError:
-            pass
-        time.sleep(0.3)
-    server.stop()
-    raise RuntimeError(f"mlflow server did not answer /health within {timeout_s:.0f} s:\n{server.log_tail()}")
+    for _ in range(attempts):
+        port = free_port()
+        command = [
+            *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
+            *("--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'mlflow.db'}"),
+            *("--artifacts-destination", str(root / "mlartifacts")),
+        ]
+        with log.open("wb") as out:
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        server = MlflowServer(f"http://127.0.0.1:{port}", process, log)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{server.url}/health", timeout=2) as response:
+                    if response.status == 200 and response.read().strip() == b"OK":
+                        return server
+            except OSError:
+                pass
+            time.sleep(0.3)
+        if process.poll() is None:
+            server.stop()
+            raise RuntimeError(f"mlflow server did not answer /health within {timeout_s:.0f} s:\n{server.log_tail()}")
+    raise RuntimeError(f"mlflow server exited with status {process.returncode}:\n{server.log_tail()}")
 
 
 # --- the browser --------------------------------------------------------------------------------------------
