@@ -8,6 +8,7 @@ if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
 fi
 if ! command -v apt-get > /dev/null; then
   echo "warning: no apt-get; install chromium and chromium-driver yourself (the browser test is skipped without them)" >&2
+  [ -n "${CI:-}" ] && exit 1
   exit 0
 fi
 SUDO=()
@@ -22,6 +23,9 @@ echo "Installing chromium and chromium-driver (first run only; log in /tmp/fsl-s
 } > /tmp/fsl-setup-browser.log 2>&1 || {
   tail -n 30 /tmp/fsl-setup-browser.log >&2
   echo "error: installing chromium and chromium-driver failed; the whole log is in /tmp/fsl-setup-browser.log" >&2
-  exit 1
+  # CI must run the browser test; elsewhere the rest of the suite still runs and the browser test is skipped.
+  [ -n "${CI:-}" ] && exit 1
+  echo "warning: the MLflow UI browser test will be skipped" >&2
+  exit 0
 }
 echo "Chromium ready: $(/usr/bin/chromium --version 2>/dev/null || echo /usr/bin/chromium)" >&2
