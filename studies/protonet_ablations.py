@@ -23,7 +23,7 @@ from fsl.study.cli import add_compute_args, add_output_args, add_search_args, fa
 from fsl.study.protonet_study import describe_data
 from fsl.study.runner import run_study
 from fsl.tracking.ablation_table import ablation_markdown, ablation_table, log_ablation, write_ablation_files
-from fsl.tracking.uri import ui_command
+from fsl.tracking.uri import open_ui_line
 from fsl.train.config import ProtoNetConfig
 
 
@@ -151,9 +151,7 @@ def report(plan: AblationPlan, outcome) -> int:  # noqa: ANN001
     print(
         f"MLflow: {s.tracking_uri}, experiment {s.experiment!r}, parent run {s.study_name!r} ({outcome.parent_run_id})"
     )
-    print(
-        f"  open the UI: {ui_command(s.tracking_uri)}  then http://127.0.0.1:5000/#/experiments/{outcome.experiment_id}/runs"
-    )
+    print(open_ui_line(s.tracking_uri, outcome.experiment_id))
     return 0
 
 

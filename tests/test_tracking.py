@@ -94,3 +94,13 @@ def test_tracking_uri_rules(tmp_path: Path, monkeypatch):
         artifact_location_for(f"sqlite:///{tmp_path}/m.db", "my exp") == (tmp_path / "mlartifacts" / "my_exp").as_uri()
     )
     assert artifact_location_for("http://host:5000", "x") is None
+
+
+def test_the_ui_link_points_at_the_tracking_server_or_the_local_ui():
+    from fsl.tracking.uri import open_ui_line, runs_page
+
+    assert runs_page("http://10.0.0.5:5077/", "3") == "http://10.0.0.5:5077/#/experiments/3/runs"
+    assert open_ui_line("http://10.0.0.5:5077", "3") == "  open the UI: http://10.0.0.5:5077/#/experiments/3/runs"
+    line = open_ui_line("sqlite:////tmp/x/mlflow.db", "1")
+    assert "ui --backend-store-uri sqlite:////tmp/x/mlflow.db --port 5000" in line
+    assert line.endswith("then http://127.0.0.1:5000/#/experiments/1/runs")

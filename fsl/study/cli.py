@@ -9,7 +9,7 @@ from typing import Any
 
 from fsl.distributed.train_trial import TrialResources
 from fsl.study.runner import StudySettings, latest_study, normalise_storage
-from fsl.tracking.uri import resolve_tracking_uri, ui_command
+from fsl.tracking.uri import open_ui_line, resolve_tracking_uri
 
 
 def add_search_args(parser: argparse.ArgumentParser, num_samples: int | None, what: str) -> Any:
@@ -154,8 +154,5 @@ def print_outcome(plan: Any, outcome: Any) -> int:
     print(
         f"MLflow: {s.tracking_uri}, experiment {s.experiment!r}, parent run {s.study_name!r} ({outcome.parent_run_id})"
     )
-    print(
-        f"  open the UI: {ui_command(s.tracking_uri)}  then "
-        f"http://127.0.0.1:5000/#/experiments/{outcome.experiment_id}/runs"
-    )
+    print(open_ui_line(s.tracking_uri, outcome.experiment_id))
     return 0

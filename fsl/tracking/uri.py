@@ -51,6 +51,18 @@ def ui_command(uri: str) -> str:
     return f"open {uri}"
 
 
+def runs_page(uri: str, experiment_id: str | None) -> str:
+    """The experiment's runs table in the UI: on the server itself, or on the `mlflow ui` of ui_command."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs"
+
+
+def open_ui_line(uri: str, experiment_id: str | None) -> str:
+    if uri.startswith(("http://", "https://")):
+        return f"  open the UI: {runs_page(uri, experiment_id)}"
+    return f"  open the UI: {ui_command(uri)}  then {runs_page(uri, experiment_id)}"
+
+
 def resolve_checkpoint(checkpoint: str, tracking_uri: str | None, flag: str = "--checkpoint") -> Path:
     """A local checkpoint file: the path itself, or an MLflow artifact URI (runs:/<run_id>/...) downloaded."""
     if "://" not in checkpoint and not checkpoint.startswith("runs:/"):
