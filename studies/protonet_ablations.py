@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="episodes the table's numbers come from, drawn apart from the selection episodes (default 600)",
     )
     search = add_search_args(parser, 4, "trials per cell (default 4)")
-    search.add_argument("--epochs", type=int, default=None, help="epochs per trial (default 6 on the demo data, 20)")
+    search.add_argument(
+        "--epochs", type=int, default=None, help="epochs per trial (default 5 on the demo data, 20 otherwise)"
+    )
     search.add_argument(
         "--episodes-per-epoch", type=int, default=None, help="training episodes per epoch (default 20 demo, 100)"
     )
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         image_size = args.image_size or (32 if demo else 84)
         data_root = ensure_demo_dataset(seed=0, image_size=image_size) if demo else args.data
         base = ProtoNetConfig(
-            epochs=args.epochs or (6 if demo else 20),
+            epochs=args.epochs or (5 if demo else 20),
             episodes_per_epoch=args.episodes_per_epoch or (20 if demo else 100),
             n_way=args.n_way,
             k_shot=args.k_shot or 1,

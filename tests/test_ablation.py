@@ -242,6 +242,19 @@ def test_table_accuracies_are_reproduced_from_the_logged_checkpoint_and_episodes
 
 
 @pytest.mark.ray
+def test_the_report_rebuilt_from_mlflow_holds_the_ablation_table(ablation, tmp_path: Path):
+    from studies.report import main as report
+
+    out = tmp_path / "report"
+    uri = mlflow.get_tracking_uri()
+    assert report(["--tracking-uri", uri, "--experiment", "test-ablations", "--out", str(out), "--no-log"]) == 0
+    text = (out / "report.md").read_text()
+    assert (ablation["folder"] / "ablation.md").read_text().strip() in text
+    section = text.split("## Best trial per cell", 1)[1]
+    assert all(f"| {cell} | 2 |" in section for cell in ("euclidean", "cosine", "parametric"))
+
+
+@pytest.mark.ray
 def test_resuming_a_finished_ablation_duplicates_nothing(ablation, capsys):
     before = pd.read_csv(ablation["folder"] / "ablation.csv")
     assert main(ablation["argv"] + ["--resume"]) == 0

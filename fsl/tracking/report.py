@@ -700,9 +700,28 @@ def write_report(runs: StudyRuns, out: Path, seed: int = 0) -> Report:
     cells = cell_table(runs)
     if not cells.empty:
         lines += ["", "## Best trial per cell", "", _table_markdown(cells).rstrip()]
+        lines += _ablation_section(runs)
 
     (out / REPORT_MD).write_text("\n".join(lines) + "\n")
     return Report(out / REPORT_MD, [out / REPORT_MD, *files])
+
+
+def _ablation_section(runs: StudyRuns) -> list[str]:
+    """The ablation's own table (each cell's best model on the shared report episodes, paired differences), as
+    the study logged it on its parent run; the per-cell table above is the search's selection scores."""
+    import tempfile
+
+    import mlflow
+
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            path = mlflow.artifacts.download_artifacts(
+                f"runs:/{runs.parent_id}/results/ablation.md", dst_path=folder, tracking_uri=runs.tracking_uri
+            )
+            text = Path(path).read_text()
+    except Exception:  # an ablation that has not finished has no table yet
+        return ["", "The ablation's table on its report episodes is not on the parent run (not finished?)."]
+    return ["", "## The ablation's table (report episodes, paired differences)", "", text.rstrip()]
 
 
 def _header(runs: StudyRuns) -> list[str]:
