@@ -96,6 +96,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     rank, world_size = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(_threads(loop_config["cpus_per_worker"]))
     placement_group = current_placement_group_id()
+    node = ray.get_runtime_context().get_node_id()
 
     def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
         # Every rank calls report (it is a barrier); only rank 0 uploads a checkpoint.
@@ -105,7 +106,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
                 save_checkpoint(Path(directory), state)
                 saved = ray.train.Checkpoint.from_directory(directory)
             ray.train.report(
-                {**metrics, "world_size": world_size, PLACEMENT_GROUP_METRIC: placement_group},
+                {**metrics, "world_size": world_size, "node_id": node, PLACEMENT_GROUP_METRIC: placement_group},
                 checkpoint=saved,
                 checkpoint_dir_name=f"epoch={metrics['epoch']:04d}",
             )
@@ -133,6 +134,9 @@ def _rank_checking_callback(metric: str) -> Any:
             merged["episodes_all_ranks"] = sum(m.get("local_episodes", 0) for m in metrics)
             scores = [m[metric] for m in metrics if metric in m]
             merged[f"{metric}_rank_spread"] = max(scores) - min(scores) if scores else 0.0
+            # Where the ranks ran: a multi-node cluster spreads a trial's workers over its machines.
+            merged["worker_nodes"] = ",".join(m.get("node_id", "?") for m in metrics)
+            merged["nodes_spanned"] = len({m.get("node_id") for m in metrics})
             super().after_report(run_context, [merged, *metrics[1:]], checkpoint)
 
     return RankCheckingReportCallback()
@@ -184,11 +188,15 @@ def run_in_process(entry: Entry, config: dict[str, Any], shared: SharedData, res
     _quiet_checkpoint_logs()
     torch.set_num_threads(_threads(resources.cpus_per_worker))
     device = torch.device("cuda") if ray.get_gpu_ids() and torch.cuda.is_available() else torch.device("cpu")
+    node = ray.get_runtime_context().get_node_id()
 
     def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as directory:
             save_checkpoint(Path(directory), state)
-            tune.report({**metrics, "world_size": 1}, checkpoint=tune.Checkpoint.from_directory(directory))
+            tune.report(
+                {**metrics, "world_size": 1, "node_id": node},
+                checkpoint=tune.Checkpoint.from_directory(directory),
+            )
 
     try:
         entry(config, shared.get(), report, Placement(device), _resume_state(tune.get_checkpoint()), None)
