@@ -25,6 +25,7 @@ from fsl.train.config import BYOLConfig
 from fsl.train.evaluate import unwrap
 from fsl.train.optim import build_optimizer, build_scheduler
 from fsl.train.parallel import Placement, all_reduce_sum, batch_rows, to_device
+from fsl.train.precision import autocast, float32_outputs, to_channels_last
 from fsl.train.probe import probe_accuracy
 from fsl.train.run_state import Report, TrainingDiverged, cpu_weights, epoch_state, restore
 
@@ -58,6 +59,8 @@ def train_byol(
     model = build_byol(cfg)
     if placement.world_size > 1 and device.type == "cuda" and cfg.sync_batchnorm:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = to_channels_last(model, cfg)
+    float32_outputs(cfg, model.predictor, model.target_projector)  # the normalised MSE in float32
     optimizer = build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     scheduler = build_scheduler(cfg, optimizer)
     start_epoch, best = restore(model, optimizer, scheduler, resume_state, "probe_acc", device)
@@ -83,7 +86,10 @@ def train_byol(
             view_1, view_2 = byol_views(
                 to_unit_float(train_images.index_select(0, rows)), generator, cfg.augment_strength
             )
-            loss, z_std = trained(normalize(view_1), normalize(view_2))
+            with autocast(cfg, device):
+                loss, z_std = trained(
+                    to_channels_last(normalize(view_1), cfg), to_channels_last(normalize(view_2), cfg)
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -25,6 +25,7 @@ from fsl.train.config import ClassifierConfig
 from fsl.train.evaluate import ci95_from_sums, unwrap
 from fsl.train.optim import build_optimizer, build_scheduler
 from fsl.train.parallel import Placement, all_reduce_sum, batch_rows, rank_share, to_device
+from fsl.train.precision import autocast, float32_outputs, to_channels_last
 from fsl.train.probe import extract_features, probe_accuracy
 from fsl.train.run_state import Report, TrainingDiverged, cpu_weights, epoch_state, restore
 
@@ -61,6 +62,8 @@ def train_classifier(
     model = build_classifier(cfg, len(train.class_names))
     if init_backbone is not None:
         model.backbone.load_state_dict(init_backbone)
+    model = to_channels_last(model, cfg)
+    float32_outputs(cfg, model.head)  # cross-entropy on float32 logits
     frozen = cfg.finetune == "frozen"
     if frozen:
         model.backbone.requires_grad_(False)
@@ -89,7 +92,7 @@ def train_classifier(
         if cached:
             return trained(train_features.index_select(0, rows))
         x = to_unit_float(train_images.index_select(0, rows))
-        x = normalize(augment(x, policy, generator) if policy else x)
+        x = to_channels_last(normalize(augment(x, policy, generator) if policy else x), cfg)
         if frozen:
             with torch.no_grad():
                 features = model.backbone(x)
@@ -109,8 +112,9 @@ def train_classifier(
         for step in range(n_steps):
             rows = torch.as_tensor(batch_rows(order, step, cfg.batch_size, placement), device=device)
             labels = train_labels.index_select(0, rows)
-            logits = logits_of(rows, generator)
-            loss = F.cross_entropy(logits, labels)
+            with autocast(cfg, device):
+                logits = logits_of(rows, generator)
+                loss = F.cross_entropy(logits, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

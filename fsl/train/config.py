@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Self
 from fsl.data.augment import parse_policy
 from fsl.models.distances import DISTANCES
 from fsl.models.resnet import ARCHITECTURES
+from fsl.train.precision import PRECISIONS
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("step", "cosine", "none")
@@ -89,6 +90,10 @@ def _optimizer_rules(cfg: Any) -> list[tuple[str, bool, str]]:
     ]
 
 
+def _precision_rules(cfg: Any) -> list[tuple[str, bool, str]]:
+    return [("precision", cfg.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}")]
+
+
 @dataclass(frozen=True)
 class ProtoNetConfig(TrainConfig):
     """Hyperparameters and episode shapes of a Prototypical Network run."""
@@ -120,6 +125,10 @@ class ProtoNetConfig(TrainConfig):
     schedule: str = "step"
     lr_step_epochs: int = 0  # StepLR period; 0 = half the epochs
     lr_gamma: float = 0.5
+    # bf16: autocast of the training forward pass (weights and optimizer stay float32); channels_last: NHWC
+    # weights and batches. Both for GPU runs; they also work on the CPU.
+    precision: str = "fp32"
+    channels_last: bool = False
     # The run's shape.
     epochs: int = 10
     episodes_per_epoch: int = 100
@@ -134,6 +143,7 @@ class ProtoNetConfig(TrainConfig):
         parse_policy(self.augment)
         return [
             *_optimizer_rules(self),
+            *_precision_rules(self),
             ("head_depth", 0 <= self.head_depth <= 3, "must be 0..3"),
             ("distance", self.distance in DISTANCES, f"must be one of {', '.join(DISTANCES)}"),
             ("train_way", self.train_way >= 2, "must be >= 2"),
@@ -176,6 +186,9 @@ class BYOLConfig(TrainConfig):
     lr_gamma: float = 0.5
     sync_batchnorm: bool = True  # across DDP workers on GPUs (the paper's setting); CPU workers keep local BN
     keep: str = "best"  # which epoch's backbone best_model.pt holds: the best probe, or the last (see KEEP)
+    # Mixed precision and memory format, as for ProtoNetConfig (fsl.train.precision).
+    precision: str = "fp32"
+    channels_last: bool = False
     # The run's shape.
     epochs: int = 10
     steps_per_epoch: int = 0  # 0 = one pass over the training images
@@ -186,6 +199,7 @@ class BYOLConfig(TrainConfig):
     def rules(self) -> list[tuple[str, bool, str]]:
         return [
             *_optimizer_rules(self),
+            *_precision_rules(self),
             ("augment_strength", 0 <= self.augment_strength <= 2, "must be in [0, 2] (1 = the paper's augmentation)"),
             ("head_depth", 1 <= self.head_depth <= 3, "must be 1..3"),
             ("tau", 0 <= self.tau < 1, "must be in [0, 1)"),
@@ -226,6 +240,9 @@ class ClassifierConfig(TrainConfig):
     schedule: str = "cosine"
     lr_step_epochs: int = 0
     lr_gamma: float = 0.5
+    # Mixed precision and memory format, as for ProtoNetConfig (fsl.train.precision).
+    precision: str = "fp32"
+    channels_last: bool = False
     epochs: int = 10
     image_size: int = 128
     probe_k: int = 20
@@ -237,6 +254,7 @@ class ClassifierConfig(TrainConfig):
         parse_policy(self.frozen_augment)
         return [
             *_optimizer_rules(self),
+            *_precision_rules(self),
             ("head_depth", 0 <= self.head_depth <= 3, "must be 0..3"),
             ("head_width", self.head_width >= 1, "must be >= 1"),
             ("batch_size", self.batch_size >= 2, "must be >= 2"),

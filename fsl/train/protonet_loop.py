@@ -25,6 +25,7 @@ from fsl.train.config import ProtoNetConfig
 from fsl.train.evaluate import ci95_from_sums, evaluate_episodes, unwrap
 from fsl.train.optim import build_optimizer, build_scheduler
 from fsl.train.parallel import Placement, all_reduce_sum, to_device
+from fsl.train.precision import autocast, float32_outputs, to_channels_last
 from fsl.train.run_state import Report, TrainingDiverged, cpu_weights, epoch_state, restore
 
 BEST_MODEL_FORMAT = "fsl.protonet/1"
@@ -64,7 +65,8 @@ def train_protonet(
     placement = placement or Placement(torch.device("cpu"))
     device = placement.device
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and for every resume
-    model = build_model(cfg)
+    model = to_channels_last(build_model(cfg), cfg)
+    float32_outputs(cfg, model.head)  # the distances to prototypes are computed from float32 embeddings
     optimizer = build_optimizer(cfg, model.parameters())
     scheduler = build_scheduler(cfg, optimizer)
     start_epoch, best = restore(model, optimizer, scheduler, resume_state, "val_acc", device)
@@ -91,15 +93,17 @@ def train_protonet(
             episode = sampler.sample(rng)
             rows = torch.as_tensor(np.concatenate([episode.support, episode.query]), device=device)
             x = to_unit_float(train_images.index_select(0, rows))
-            x = normalize(augment(x, policy, generator) if policy else x)
+            x = to_channels_last(normalize(augment(x, policy, generator) if policy else x), cfg)
             labels = torch.as_tensor(episode.query_labels, device=device)
-            loss = protonet_loss(model(x, cfg.train_way, cfg.k_shot), labels)
+            with autocast(cfg, device):
+                loss = protonet_loss(model(x, cfg.train_way, cfg.k_shot).float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach()
         scheduler.step()
 
+        # In float32 whatever the precision: val_acc is what the saved float32 weights score when reloaded.
         result = evaluate_episodes(model, val_images, eval_shard)
         acc = result.accuracies.astype(np.float64)
         loss_total, n_total, acc_sum, acc_sq, n_eval = all_reduce_sum(
