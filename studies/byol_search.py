@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
             f"Default search space: {space}.\n"
             "--param NAME=VALUE fixes a dimension or sets another field (e.g. --param tau=0.996); NAME=LOW..HIGH "
             "narrows a range;\nNAME=A,B,C searches a list. Other fields: head_width, projection_dim, optimizer "
-            "(adam|sgd), momentum,\nweight_decay, schedule (cosine|step|none), sync_batchnorm."
+            "(adam|sgd), momentum,\nweight_decay, schedule (cosine|step|none), sync_batchnorm; for GPUs precision "
+            "(fp32|bf16) and channels_last."
         ),
     )
     data = parser.add_argument_group("data and model")

@@ -34,7 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="protonet_ablations.py",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"Default cells: {cells}.\nSearched in every cell: {space}.",
+        epilog=(
+            f"Default cells: {cells}.\nSearched in every cell: {space}. --param sets any other ProtoNet field as in "
+            "protonet_search.py\n(e.g. head_depth=0..2, train_way=30, precision=bf16)."
+        ),
     )
     parser.add_argument("--study", required=True, choices=sorted(ABLATIONS), help="which table to build")
     parser.add_argument(

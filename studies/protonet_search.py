@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--param NAME=VALUE fixes a dimension or sets another config field (e.g. --param lr=0.001 "
             "--param distance=euclidean);\nNAME=LOW..HIGH narrows a numeric range; NAME=A,B,C searches a list. "
             "Other fields: head_width, temperature,\nlearn_temperature, optimizer (adam|sgd), momentum, "
-            "weight_decay, schedule (step|cosine|none), lr_step_epochs, lr_gamma."
+            "weight_decay, schedule (step|cosine|none), lr_step_epochs, lr_gamma;\nfor GPUs precision (fp32|bf16) "
+            "and channels_last."
         ),
     )
     data = parser.add_argument_group("data and episodes")
