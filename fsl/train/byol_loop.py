@@ -8,7 +8,6 @@ global batch, and the metrics are all-reduced).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +26,7 @@ from fsl.train.optim import build_optimizer, build_scheduler
 from fsl.train.parallel import Placement, all_reduce_sum, batch_rows, to_device
 from fsl.train.precision import autocast, float32_outputs, to_channels_last
 from fsl.train.probe import probe_accuracy
-from fsl.train.run_state import Report, TrainingDiverged, cpu_weights, epoch_state, restore
+from fsl.train.run_state import DivergenceGuard, Report, cpu_weights, epoch_state, restore
 
 BACKBONE_FORMAT = "fsl.backbone/1"
 
@@ -72,6 +71,7 @@ def train_byol(
     n_steps = steps_per_epoch(cfg, len(train))
     total_steps = n_steps * cfg.epochs
 
+    guard = DivergenceGuard("byol_loss", cfg.lr, placement)
     metrics: dict[str, Any] = {}
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
@@ -80,6 +80,7 @@ def train_byol(
         order = np.concatenate([rng.permutation(len(train)) for _ in range(-(-n_steps * cfg.batch_size // len(train)))])
         generator = torch.Generator(device=device).manual_seed(int(rng.integers(2**62)) + placement.rank)
         trained.train()
+        guard.start_epoch(epoch)
         sums = torch.zeros(2, device=device, dtype=torch.float64)  # loss, z_std
         for step in range(n_steps):
             rows = torch.as_tensor(batch_rows(order, step, cfg.batch_size, placement), device=device)
@@ -95,11 +96,11 @@ def train_byol(
             optimizer.step()
             unwrap(trained).update_target(cosine_tau(epoch * n_steps + step + 1, total_steps, cfg.tau))
             sums += torch.stack([loss.detach(), z_std]).double()
+            guard.step(step + 1, loss)
+        guard.flush()
         scheduler.step()
         loss_total, z_std_total, count = all_reduce_sum([*sums.tolist(), float(n_steps)], device)
         byol_loss = loss_total / count
-        if not math.isfinite(byol_loss):
-            raise TrainingDiverged(f"byol_loss became {byol_loss} in epoch {epoch + 1} (lr={cfg.lr})")
 
         online = unwrap(trained)
         acc, ci95 = probe_accuracy(online.backbone, probe_images, probe_labels, cfg.probe_k, placement)

@@ -8,7 +8,6 @@ Same contract as the other loops: `report(metrics, state)` after every epoch, DD
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +26,7 @@ from fsl.train.optim import build_optimizer, build_scheduler
 from fsl.train.parallel import Placement, all_reduce_sum, batch_rows, rank_share, to_device
 from fsl.train.precision import autocast, float32_outputs, to_channels_last
 from fsl.train.probe import extract_features, probe_accuracy
-from fsl.train.run_state import Report, TrainingDiverged, cpu_weights, epoch_state, restore
+from fsl.train.run_state import DivergenceGuard, Report, cpu_weights, epoch_state, restore
 
 CLASSIFIER_FORMAT = "fsl.classifier/1"
 
@@ -99,6 +98,7 @@ def train_classifier(
             return trained(features)
         return trained(x)
 
+    guard = DivergenceGuard("train_loss", cfg.lr, placement)
     metrics: dict[str, Any] = {}
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
@@ -108,6 +108,7 @@ def train_classifier(
         model.train()
         if frozen:
             model.backbone.eval()  # a frozen backbone keeps its BatchNorm statistics
+        guard.start_epoch(epoch)
         sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss * n, correct, n
         for step in range(n_steps):
             rows = torch.as_tensor(batch_rows(order, step, cfg.batch_size, placement), device=device)
@@ -121,11 +122,11 @@ def train_classifier(
             sums[0] += loss.detach() * len(rows)
             sums[1] += correct_count(logits.detach(), labels)
             sums[2] += len(rows)
+            guard.step(step + 1, loss)
+        guard.flush()
         scheduler.step()
         loss_sum, correct, seen = all_reduce_sum(sums.tolist(), device)
         train_loss = loss_sum / seen
-        if not math.isfinite(train_loss):
-            raise TrainingDiverged(f"train_loss became {train_loss} in epoch {epoch + 1} (lr={cfg.lr})")
 
         model.eval()
         if val_images is None:

@@ -8,7 +8,6 @@ metrics are all-reduced, so every rank reports the same numbers.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +25,7 @@ from fsl.train.evaluate import ci95_from_sums, evaluate_episodes, unwrap
 from fsl.train.optim import build_optimizer, build_scheduler
 from fsl.train.parallel import Placement, all_reduce_sum, to_device
 from fsl.train.precision import autocast, float32_outputs, to_channels_last
-from fsl.train.run_state import Report, TrainingDiverged, cpu_weights, epoch_state, restore
+from fsl.train.run_state import DivergenceGuard, Report, cpu_weights, epoch_state, restore
 
 BEST_MODEL_FORMAT = "fsl.protonet/1"
 
@@ -81,6 +80,7 @@ def train_protonet(
     policy = parse_policy(cfg.augment)
     n_steps = episodes_for_rank(cfg.episodes_per_epoch, placement.rank, placement.world_size)
 
+    guard = DivergenceGuard("train_loss", cfg.lr, placement)
     metrics: dict[str, Any] = {}
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
@@ -88,8 +88,9 @@ def train_protonet(
         rng = np.random.default_rng([cfg.seed, epoch, placement.rank])
         generator = torch.Generator(device=device).manual_seed(int(rng.integers(2**62)))
         model.train()
+        guard.start_epoch(epoch)
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        for _ in range(n_steps):
+        for step in range(n_steps):
             episode = sampler.sample(rng)
             rows = torch.as_tensor(np.concatenate([episode.support, episode.query]), device=device)
             x = to_unit_float(train_images.index_select(0, rows))
@@ -101,6 +102,8 @@ def train_protonet(
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach()
+            guard.step(step + 1, loss)
+        guard.flush()
         scheduler.step()
 
         # In float32 whatever the precision: val_acc is what the saved float32 weights score when reloaded.
@@ -111,8 +114,6 @@ def train_protonet(
         )
         local_loss = float(loss_sum) / n_steps
         train_loss = loss_total / n_total
-        if not math.isfinite(train_loss):
-            raise TrainingDiverged(f"train_loss became {train_loss} in epoch {epoch + 1} (lr={cfg.lr})")
         val_acc, val_ci95 = ci95_from_sums(acc_sum, acc_sq, n_eval)
         weights = cpu_weights(unwrap(model))
         if val_acc > best["val_acc"]:
