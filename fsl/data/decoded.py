@@ -1,16 +1,24 @@
 """Decode a split once into a uint8 array (N, H, W, 3) plus integer labels, cached on disk.
 
-The cache key covers the list file's bytes, every image's path, size and modification time, and the
-image size, so an edited CSV, a replaced image or another `--image-size` never reuses a stale array.
-Trials never decode: the study puts the decoded arrays in the Ray object store once.
+The cache key covers the list file's bytes, every image's path, size, modification time and inode change
+time, and the image size, so an edited CSV, a replaced image or another `--image-size` never reuses a stale
+array. The change time (ctime) is what catches an image rewritten with the same size whose modification time
+was put back (`touch -r`, `os.utime`, a copy that preserves times): the kernel sets it to the current time
+on every write and on every utime call, and nothing can set it back. It costs nothing (the same stat call);
+its price is a rebuild after changes that leave the pixels alone (chmod, chown, a fresh copy of the data).
+Hashing every image's bytes instead would read the whole data set at every start.
+
+Each cache file holds a SHA-256 of its arrays. A file that cannot be read (truncated, not a zip), whose
+arrays do not match that checksum or the split's list, is reported on stderr with its path and rebuilt,
+never used. Trials never decode: the study puts the decoded arrays in the Ray object store once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +28,7 @@ from PIL import Image, UnidentifiedImageError
 
 from fsl.data.sources import SplitSource
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: ctime in the key, a checksum in the file
 
 
 @dataclass(frozen=True)
@@ -63,7 +71,7 @@ def cache_key(source: SplitSource, image_size: int) -> str:
         digest.update(source.listed_in.read_bytes())
     for image_id, path, label in zip(source.ids, source.paths, source.labels, strict=True):
         stat = path.stat()
-        digest.update(f"{image_id}\0{path}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{image_id}\0{path}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}\n".encode())
     return digest.hexdigest()[:20]
 
 
@@ -85,12 +93,17 @@ def decode_split(source: SplitSource, image_size: int, cache_dir: Path | None = 
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache_file = cache_dir / "decoded" / f"{source.name}-{image_size}px-{cache_key(source, image_size)}.npz"
     class_names = source.class_names
-    if cache_file.is_file():
-        cached = _read_cache(cache_file)
-        if cached is not None and len(cached.labels) == len(source):
-            return cached
     index = {name: i for i, name in enumerate(class_names)}
     labels = np.array([index[label] for label in source.labels], dtype=np.int64)
+    if cache_file.is_file():
+        try:
+            return _read_cache(cache_file, source, labels, image_size)
+        except ValueError as err:
+            print(
+                f"warning: decoded cache {cache_file} is unusable ({err}); decoding the {source.name} split again",
+                file=sys.stderr,
+                flush=True,
+            )
     # The CSV row of image i is i + 2 (one header line, rows counted from 1).
     rows = range(2, len(source) + 2) if source.listed_in.is_file() else [None] * len(source)
     listed_in = source.listed_in if source.listed_in.is_file() else None
@@ -107,19 +120,40 @@ def decode_split(source: SplitSource, image_size: int, cache_dir: Path | None = 
     return decoded
 
 
-def _read_cache(path: Path) -> DecodedSplit | None:
-    """A truncated or otherwise unreadable cache file is treated as absent, never used."""
+def array_checksum(split: DecodedSplit) -> str:
+    """SHA-256 of a split's arrays and names, as stored in its cache file."""
+    digest = hashlib.sha256(
+        f"{split.images.dtype}{split.images.shape};{split.labels.dtype}{split.labels.shape}".encode()
+    )
+    digest.update(np.ascontiguousarray(split.images).data)
+    digest.update(np.ascontiguousarray(split.labels).data)
+    digest.update("\0".join([split.name, *split.class_names, "", *split.ids]).encode())
+    return digest.hexdigest()
+
+
+def _read_cache(path: Path, source: SplitSource, labels: np.ndarray, image_size: int) -> DecodedSplit:
+    """The cached split, checked against its checksum and the split's list; ValueError says what is wrong."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            return DecodedSplit(
-                name=str(data["name"]),
-                images=data["images"],
-                labels=data["labels"],
-                class_names=tuple(str(c) for c in data["class_names"]),
-                ids=tuple(str(i) for i in data["ids"]),
-            )
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return None
+            stored = {key: data[key] for key in ("name", "images", "labels", "class_names", "ids", "checksum")}
+    except Exception as err:  # a damaged file fails in many ways (BadZipFile, EOFError, KeyError, ...)
+        raise ValueError(f"cannot be read: {type(err).__name__}: {err}") from None
+    split = DecodedSplit(
+        name=str(stored["name"]),
+        images=stored["images"],
+        labels=stored["labels"],
+        class_names=tuple(str(c) for c in stored["class_names"]),
+        ids=tuple(str(i) for i in stored["ids"]),
+    )
+    if str(stored["checksum"]) != array_checksum(split):
+        raise ValueError("its arrays do not match the checksum written with them")
+    expected = (len(source), image_size, image_size, 3)
+    if split.images.shape != expected or split.images.dtype != np.uint8:
+        raise ValueError(f"images are {split.images.dtype} {split.images.shape}, expected uint8 {expected}")
+    same_names = split.ids == tuple(map(str, source.ids)) and split.class_names == tuple(map(str, source.class_names))
+    if not same_names or not np.array_equal(split.labels, labels):
+        raise ValueError(f"its ids, classes or labels differ from those of {source.listed_in}")
+    return split
 
 
 def _write_cache(path: Path, split: DecodedSplit) -> None:
@@ -135,6 +169,7 @@ def _write_cache(path: Path, split: DecodedSplit) -> None:
                 labels=split.labels,
                 class_names=np.array(split.class_names),
                 ids=np.array(split.ids),
+                checksum=np.array(array_checksum(split)),
             )
         os.replace(tmp, path)
     except BaseException:
