@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -174,3 +175,94 @@ def test_classifier_loop_stops_at_the_first_bad_batch(tiny_hw4_master: Path, tmp
     assert str(error) == f"train_loss became nan at epoch 2 step 1 (lr={cfg.lr})"
     assert [m["epoch"] for m in reports] == [1]
     assert poison.forwards == n_steps + 1 and poison.optimizer_steps == n_steps + 1
+
+
+# --- what the study makes of a failed trial --------------------------------------------------------------
+
+
+def _trial(trial_id: str, status: str, best: float | None, error_file: Path | None = None) -> SimpleNamespace:
+    result = {} if best is None else {"best_val_acc": best, "best_val_acc_ci95": 0.01, "best_epoch": 1, "epoch": 1}
+    return SimpleNamespace(
+        trial_id=trial_id,
+        status=status,
+        config={"lr": 0.1, "epochs": 2},
+        last_result=result,
+        error_file=str(error_file) if error_file else None,
+        get_error=lambda: None,
+    )
+
+
+class _Runs:
+    searched = ["lr"]
+    metric = "val_acc"
+
+    def metric_history(self, trial_id: str, key: str | None = None) -> list:
+        return []
+
+    def child_run_id(self, trial_id: str) -> str:
+        return f"run-{trial_id}"
+
+
+def test_a_failed_trial_is_ranked_last_with_its_reason_and_never_the_best(tmp_path: Path):
+    from fsl.tracking.summary import best_row, error_line, results_table
+
+    error_file = tmp_path / "error.txt"
+    error_file.write_text(
+        "Failure # 1 (occurred at 2026-01-01)\nTraceback ...\n  raise TrainingDiverged(\n"
+        "fsl.train.run_state.TrainingDiverged: train_loss became nan at epoch 2 step 3 (lr=0.1)\n"
+    )
+    trials = [
+        _trial("ok", "TERMINATED", 0.5),
+        _trial("diverged", "ERROR", 0.9, error_file),  # scored well before it failed
+        _trial("never", "TERMINATED", None),
+        _trial("nan", "TERMINATED", math.nan),
+    ]
+    assert error_line(trials[1]) == "TrainingDiverged: train_loss became nan at epoch 2 step 3 (lr=0.1)"
+    table = results_table(trials, _Runs())
+    assert list(table["trial_id"]) == ["ok", "never", "nan", "diverged"]
+    assert table["error"].iloc[-1] == error_line(trials[1]) and table["error"].iloc[:3].isna().all()
+    assert best_row(table, "val_acc")["trial_id"] == "ok"
+    assert best_row(table[table["trial_id"] != "ok"], "val_acc") is None
+
+
+def test_the_outcome_says_how_many_trials_failed_and_why(capsys: pytest.CaptureFixture):
+    import pandas as pd
+
+    from fsl.study.cli import print_failures
+
+    reason = "TrainingDiverged: train_loss became nan at epoch 1 step 2 (lr=1e+30)"
+    table = pd.DataFrame(
+        {
+            "trial_id": ["a", "b", "c", "d"],
+            "status": ["TERMINATED", "ERROR", "ERROR", "ERROR"],
+            "error": [None, reason, reason, None],
+        }
+    )
+    print_failures(table)
+    assert capsys.readouterr().out.splitlines() == [
+        "Failed: 3 trials (not counted for the best)",
+        f"  b, c: {reason}",
+        "  d: unknown error (see the trial's error.txt)",
+    ]
+    print_failures(table.iloc[:1])
+    assert capsys.readouterr().out == ""
+
+
+def test_the_divergence_notice_turns_off_the_retry_and_is_no_epoch_for_asha():
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    from fsl.study.divergence import DivergenceAwareASHA, NoRetryAfterDivergence
+    from fsl.train.run_state import DIVERGED
+
+    trial = SimpleNamespace(trial_id="t1", max_failures=2)
+    notice = {"training_iteration": 2, "val_acc": 0.4, "epoch": 1, DIVERGED: "TrainingDiverged: ..."}
+    NoRetryAfterDivergence().on_trial_result(0, [trial], trial, {"training_iteration": 1, "val_acc": 0.4})
+    assert trial.max_failures == 2  # an epoch changes nothing
+    NoRetryAfterDivergence().on_trial_result(0, [trial], trial, notice)
+    assert trial.max_failures == 0
+
+    # At max_t plain ASHA would stop the trial, which Tune would then end as TERMINATED, not as failed.
+    for scheduler, action in ((ASHAScheduler, TrialScheduler.STOP), (DivergenceAwareASHA, TrialScheduler.CONTINUE)):
+        asha = scheduler(time_attr="training_iteration", metric="val_acc", mode="max", max_t=2, grace_period=1)
+        asha.on_trial_add(None, trial)
+        assert asha.on_trial_result(None, trial, notice) == action, scheduler

@@ -5,11 +5,16 @@ With more than one worker this is real DDP (gloo on CPU, NCCL on GPU): each rank
 epoch's episodes or batches and evaluates its share of the validation data, and the metrics are all-reduced
 inside the loop. Rank 0 writes the checkpoint. The Train run's name is fixed per Tune trial, so a restarted
 trial resumes from its latest checkpoint instead of starting over.
+
+A loop that raises TrainingDiverged is not retried, by Train or by Tune: it would diverge again. On either path
+the trial reports `divergence_result` (its last epoch's scores and the reason) and then fails with the error;
+fsl.study.divergence turns Tune's retry off for it on seeing that result.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +29,7 @@ from fsl.distributed.placement import PLACEMENT_GROUP_METRIC, current_placement_
 from fsl.train.checkpoint import load_checkpoint, save_checkpoint
 from fsl.train.entries import Entry
 from fsl.train.parallel import Placement
+from fsl.train.run_state import DIVERGED, TrainingDiverged
 
 
 @dataclass(frozen=True)
@@ -89,8 +95,15 @@ def _resume_state(checkpoint: Any) -> dict[str, Any] | None:
         return load_checkpoint(Path(directory))
 
 
-def worker_loop(loop_config: dict[str, Any]) -> None:
-    """Runs on every Train worker."""
+def divergence_result(error: TrainingDiverged, last_metrics: dict[str, Any], metric: str) -> dict[str, Any]:
+    """The result a diverged trial reports before it fails: the last finished epoch's metrics (the metric NaN
+    and epoch 0 when none finished) and the one-line reason under DIVERGED."""
+    return {metric: math.nan, "epoch": 0, **last_metrics, DIVERGED: f"TrainingDiverged: {error}"}
+
+
+def worker_loop(loop_config: dict[str, Any]) -> str | None:
+    """Runs on every Train worker. Returns the divergence notice when the loop diverged (Train hands rank 0's
+    return value to run_train_trial), else None."""
     _quiet_checkpoint_logs()
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
@@ -98,28 +111,36 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     placement_group = current_placement_group_id()
     node = ray.get_runtime_context().get_node_id()
 
+    last: dict[str, Any] = {}
+
     def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
         # Every rank calls report (it is a barrier); only rank 0 uploads a checkpoint.
+        last.clear()
+        last.update(metrics, world_size=world_size, node_id=node, **{PLACEMENT_GROUP_METRIC: placement_group})
         with tempfile.TemporaryDirectory() as directory:
             saved = None
             if rank == 0:
                 save_checkpoint(Path(directory), state)
                 saved = ray.train.Checkpoint.from_directory(directory)
-            ray.train.report(
-                {**metrics, "world_size": world_size, "node_id": node, PLACEMENT_GROUP_METRIC: placement_group},
-                checkpoint=saved,
-                checkpoint_dir_name=f"epoch={metrics['epoch']:04d}",
-            )
+            ray.train.report(dict(last), checkpoint=saved, checkpoint_dir_name=f"epoch={metrics['epoch']:04d}")
 
     entry: Entry = loop_config["entry"]
-    entry(
-        loop_config["config"],
-        loop_config["shared"].get(),
-        report,
-        Placement(ray.train.torch.get_device(), rank, world_size),
-        _resume_state(ray.train.get_checkpoint()),
-        ray.train.torch.prepare_model,
-    )
+    try:
+        entry(
+            loop_config["config"],
+            loop_config["shared"].get(),
+            report,
+            Placement(ray.train.torch.get_device(), rank, world_size),
+            _resume_state(ray.train.get_checkpoint()),
+            ray.train.torch.prepare_model,
+        )
+    except TrainingDiverged as err:
+        # Every rank raises it at the same step (the loop's guard shares the verdict), so every rank reaches this
+        # barrier. The run then ends normally, which Train does not retry; run_train_trial raises the error.
+        notice = divergence_result(err, last, loop_config["metric"])
+        ray.train.report(notice)
+        return notice[DIVERGED]
+    return None
 
 
 def _rank_checking_callback(metric: str) -> Any:
@@ -159,6 +180,7 @@ def run_train_trial(
             "config": config,
             "shared": shared,
             "cpus_per_worker": resources.cpus_per_worker,
+            "metric": metric,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers,
@@ -174,13 +196,18 @@ def run_train_trial(
             callbacks=[_rank_checking_callback(metric)],
         ),
     )
-    trainer.fit()
+    notice = trainer.fit().return_value
+    if notice:
+        # The divergence notice went on to Tune with the other reports; the trial now fails with the reason.
+        raise TrainingDiverged(notice.removeprefix("TrainingDiverged: "))
 
 
 _STOPPED_TRIAL_FRAMES: list[Any] = []
 
 
-def run_in_process(entry: Entry, config: dict[str, Any], shared: SharedData, resources: TrialResources) -> None:
+def run_in_process(
+    entry: Entry, config: dict[str, Any], shared: SharedData, resources: TrialResources, metric: str
+) -> None:
     """The single-worker path: the same loop, run directly in the Tune trial (no Train worker group, which
     costs about 15 s per trial and 2 s per report on a small machine). Tune checkpoints and restores it."""
     from ray import tune
@@ -190,16 +217,20 @@ def run_in_process(entry: Entry, config: dict[str, Any], shared: SharedData, res
     device = torch.device("cuda") if ray.get_gpu_ids() and torch.cuda.is_available() else torch.device("cpu")
     node = ray.get_runtime_context().get_node_id()
 
+    last: dict[str, Any] = {}
+
     def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
+        last.clear()
+        last.update(metrics, world_size=1, node_id=node)
         with tempfile.TemporaryDirectory() as directory:
             save_checkpoint(Path(directory), state)
-            tune.report(
-                {**metrics, "world_size": 1, "node_id": node},
-                checkpoint=tune.Checkpoint.from_directory(directory),
-            )
+            tune.report(dict(last), checkpoint=tune.Checkpoint.from_directory(directory))
 
     try:
         entry(config, shared.get(), report, Placement(device), _resume_state(tune.get_checkpoint()), None)
+    except TrainingDiverged as err:
+        tune.report(divergence_result(err, last, metric))  # read by the driver before the error below
+        raise
     except SystemExit as stop:
         # Tune stops a trial (ASHA) by raising SystemExit in report() while the trial's process shuts down.
         # Freeing the loop's tensors in this thread would race the interpreter's finalisation, and a torch

@@ -163,12 +163,13 @@ class CellResult:
 
 
 def best_per_cell(table: pd.DataFrame, cells: Cells, metric: str) -> dict[Any, tuple[int, dict[str, Any] | None]]:
-    """For every cell value: its number of trials and its best finished trial (None when none finished)."""
+    """For every cell value: its number of trials and its best finished trial (None when none finished); a
+    failed trial is not one, whatever it scored before it failed (it logged no best model)."""
     key = f"best_{metric}"
     out: dict[Any, tuple[int, dict[str, Any] | None]] = {}
     for value in cells.values:
         rows = table[table[cells.key] == value] if not table.empty else table
-        finished = rows.dropna(subset=[key]) if not rows.empty else rows
+        finished = rows[rows["status"] != "ERROR"].dropna(subset=[key]) if not rows.empty else rows
         best = finished.sort_values(key, ascending=False).iloc[0].to_dict() if not finished.empty else None
         out[value] = (len(rows), best)
     return out

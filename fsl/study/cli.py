@@ -122,11 +122,27 @@ def fail(err: BaseException) -> int:
     return 2
 
 
+def print_failures(table: Any) -> None:
+    """How many trials failed and why: one line per distinct reason, with the trials it ended."""
+    if table.empty:
+        return
+    failed = table[table["status"] == "ERROR"]
+    if failed.empty:
+        return
+    print(f"Failed: {len(failed)} trial{'s' if len(failed) > 1 else ''} (not counted for the best)")
+    unknown = "unknown error (see the trial's error.txt)"
+    reasons = failed["error"].fillna(unknown) if "error" in failed else [unknown] * len(failed)
+    for reason, trials in failed.groupby(reasons, sort=False)["trial_id"]:
+        print(f"  {', '.join(map(str, trials))}: {reason}")
+
+
 def print_outcome(plan: Any, outcome: Any) -> int:
+    """The end-of-study summary. Returns 0 when a trial finished (also when others failed, as printed), else 1."""
     s, metric = plan.settings, plan.metric
     print()
     if outcome.best is None:
         print(f"No trial finished an epoch; see {outcome.results_csv} and the trial errors above.")
+        print_failures(outcome.table)
         return 1
     best = outcome.best
     params = " ".join(
@@ -150,6 +166,7 @@ def print_outcome(plan: Any, outcome: Any) -> int:
         f"Trials: {len(outcome.table)} ({', '.join(f'{v} {k.lower()}' for k, v in counts.items())}"
         + (f"; {stopped} stopped early by ASHA)" if plan.early_stopping else ")")
     )
+    print_failures(outcome.table)
     print(f"Results table: {outcome.results_csv}")
     print(
         f"MLflow: {s.tracking_uri}, experiment {s.experiment!r}, parent run {s.study_name!r} ({outcome.parent_run_id})"

@@ -7,6 +7,9 @@ from typing import Any
 
 from ray.tune import Callback
 
+from fsl.tracking.summary import error_line
+from fsl.train.run_state import DIVERGED
+
 # The losses a loop may report, shown in this order.
 LOSSES = ("train_loss", "byol_loss", "z_std")
 
@@ -36,6 +39,9 @@ class ProgressPrinter(Callback):
         self._say(trial, f"started ({params or 'fixed configuration'})")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if DIVERGED in result:
+            self._say(trial, f"{result[DIVERGED]}; the trial fails (a retry would diverge again)")
+            return
         m, nan = self.metric, float("nan")
         losses = "  ".join(f"{key} {result[key]:.3f}" for key in LOSSES if key in result)
         self._say(
@@ -53,4 +59,5 @@ class ProgressPrinter(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finished += 1
-        self._say(trial, f"FAILED ({self._finished}/{self.num_samples} trials done); see {trial.path}")
+        reason = error_line(trial) or "see the error file"
+        self._say(trial, f"FAILED: {reason} ({self._finished}/{self.num_samples} trials done; {trial.path})")

@@ -20,7 +20,7 @@ import pandas as pd
 
 from fsl.distributed.train_trial import TrialResources
 from fsl.study.space import Dimension
-from fsl.tracking.summary import RESULTS_CSV
+from fsl.tracking.summary import RESULTS_CSV, best_row
 from fsl.train.config import TrainConfig
 from fsl.train.entries import Entry
 
@@ -229,7 +229,7 @@ def study_trial(
         run_name = f"train-{tune.get_context().get_trial_id()}"  # fixed per trial: a restart resumes
         run_train_trial(entry, config, shared, resources, study_path, run_name, metric)
     else:
-        run_in_process(entry, config, shared, resources)
+        run_in_process(entry, config, shared, resources, metric)
 
 
 def build_callback(plan: StudyPlan, cluster_resources: dict[str, float]) -> Any:
@@ -316,11 +316,13 @@ def _searcher(plan: StudyPlan) -> Any:
 
 
 def _scheduler(plan: StudyPlan) -> Any:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
+
+    from fsl.study.divergence import DivergenceAwareASHA
 
     if not plan.early_stopping:
         return FIFOScheduler()  # every trial gets the same budget (a fair comparison of settings)
-    return ASHAScheduler(
+    return DivergenceAwareASHA(
         time_attr="training_iteration",
         metric=plan.metric,
         mode="max",
@@ -336,6 +338,7 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
 
     from fsl.distributed.placement import ReleaseTrainPlacementGroups
     from fsl.distributed.train_trial import SharedData
+    from fsl.study.divergence import NoRetryAfterDivergence
     from fsl.study.progress import ProgressPrinter
 
     s = plan.settings
@@ -371,6 +374,7 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
                     build_callback(plan, ray.cluster_resources()),
                     ProgressPrinter(plan.shown, plan.base.epochs, plan.total_trials, plan.metric),  # type: ignore[attr-defined]
                     ReleaseTrainPlacementGroups(),
+                    NoRetryAfterDivergence(),  # a diverged trial would diverge again
                 ],
                 failure_config=tune.FailureConfig(max_failures=s.trial_max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -388,8 +392,7 @@ def study_outcome(plan: StudyPlan) -> StudyOutcome:
 
     results_csv = plan.results_dir / RESULTS_CSV
     table = pd.read_csv(results_csv) if results_csv.is_file() else pd.DataFrame()
-    finished = table.dropna(subset=[f"best_{plan.metric}"]) if not table.empty else table
-    best = finished.iloc[0].to_dict() if not finished.empty else None
+    best = best_row(table, plan.metric)
     client = MlflowClient(plan.settings.tracking_uri)
     experiment = client.get_experiment_by_name(plan.settings.experiment)
     parent = find_study_run(client, experiment.experiment_id, plan.settings.study_path) if experiment else None

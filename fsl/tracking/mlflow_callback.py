@@ -16,8 +16,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from ray.tune import Callback
 
-from fsl.tracking.summary import write_study_summary
+from fsl.tracking.summary import error_line, write_study_summary
 from fsl.tracking.uri import artifact_location_for
+from fsl.train.run_state import DIVERGED
 
 # Logged per epoch (step = epoch) on every child run, those a trial reports: the same names in every study.
 EPOCH_METRICS = (
@@ -219,6 +220,8 @@ class MLflowStudyCallback(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         run_id = self.child_run(trial)
+        if DIVERGED in result:
+            return  # not an epoch: the notice that the trial is about to fail (on_trial_error records why)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         if step <= self._last_step.get(run_id, 0):
             return  # already logged before a restart
@@ -249,7 +252,7 @@ class MLflowStudyCallback(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.child_run(trial)
-        self.client.set_tag(run_id, "fsl.error", _error_summary(trial))
+        self.client.set_tag(run_id, "fsl.error", error_line(trial) or "unknown error")
         self.client.set_terminated(run_id, "FAILED")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
@@ -320,9 +323,3 @@ def _latest_checkpoint(trial: Any, result: dict) -> Any:
     if path:
         return Checkpoint(path, filesystem=trial.storage.storage_filesystem)
     return None
-
-
-def _error_summary(trial: Any) -> str:
-    text = trial.get_error() or ""
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    return (lines[-1] if lines else "unknown error")[:5000]

@@ -17,8 +17,11 @@ FINETUNE_TEXT = {"full": "full network", "frozen": "classifier only (backbone fr
 
 
 def settings_table(results: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
-    """One row per setting: its best trial's accuracy and ci95 (results are sorted best first)."""
+    """One row per setting: its best trial's accuracy and ci95 (results are sorted best first); a failed trial's
+    epochs before its failure do not count."""
     key = f"best_{metric}"
+    if "status" in results:
+        results = results[results["status"] != "ERROR"]
     finished = results.dropna(subset=[key])
     rows = []
     for setting, trials in finished.groupby("setting", sort=True):

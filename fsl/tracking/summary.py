@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,8 +29,29 @@ class StudySummary:
     files: list[Path] = field(default_factory=list)
 
 
+def error_line(trial: Any) -> str | None:
+    """The last line of a failed trial's latest error: the exception without its module and its message, e.g.
+    'TrainingDiverged: train_loss became nan at epoch 1 step 3 (lr=10.0)'; None when there is none."""
+    text = ""
+    local = getattr(trial, "error_file", None)
+    if local and Path(local).is_file():
+        # The driver's own copy: written before callbacks hear of the error, while the copy in the study's
+        # storage (what trial.get_error() reads) is only synced later.
+        text = Path(local).read_text(errors="replace")
+    if not text.strip():
+        try:
+            text = str(trial.get_error() or "")
+        except Exception:  # unreadable storage: a summary without the reason rather than none
+            text = ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return None
+    return re.sub(r"^(?:[A-Za-z_]\w*\.)+(?=[A-Za-z_]\w*: )", "", lines[-1])[:5000]
+
+
 def results_table(trials: list[Any], runs: RunLookup) -> pd.DataFrame:
-    """One row per trial, best first: its searched parameters, best metric +- ci95, epochs and status."""
+    """One row per trial, best first and failed trials last: its searched parameters, best metric +- ci95
+    (a failed trial's from the epochs it finished), epochs, status and, for a failed trial, its error."""
     rows = []
     key = f"best_{runs.metric}"
     for trial in trials:
@@ -45,12 +67,23 @@ def results_table(trials: list[Any], runs: RunLookup) -> pd.DataFrame:
             "epochs_run": result.get("epoch", 0),
             "epochs": trial.config.get("epochs"),
             "mlflow_run_id": runs.child_run_id(trial.trial_id),
+            "error": error_line(trial) if trial.status == "ERROR" else None,
         }
         rows.append(row)
     table = pd.DataFrame(rows)
     if not table.empty:
-        table = table.sort_values(key, ascending=False, na_position="last").reset_index(drop=True)
+        order = table.assign(_failed=table["status"] == "ERROR")
+        order = order.sort_values(["_failed", key], ascending=[True, False], na_position="last", kind="stable")
+        table = table.loc[order.index].reset_index(drop=True)
     return table
+
+
+def best_row(table: pd.DataFrame, metric: str) -> dict[str, Any] | None:
+    """The best trial of a results table: the highest finite best_<metric> of a trial that did not fail."""
+    if table.empty:
+        return None
+    scored = table[(table["status"] != "ERROR") & table[f"best_{metric}"].notna()]
+    return scored.iloc[0].to_dict() if not scored.empty else None
 
 
 def markdown_table(table: pd.DataFrame) -> str:
@@ -99,8 +132,7 @@ def plot_accuracy(trials: list[Any], runs: RunLookup, best_trial: str | None, pa
 def write_study_summary(trials: list[Any], runs: RunLookup, folder: Path) -> StudySummary:
     folder.mkdir(parents=True, exist_ok=True)
     table = results_table(trials, runs)
-    finished = table.dropna(subset=[f"best_{runs.metric}"]) if not table.empty else table
-    best = finished.iloc[0].to_dict() if not finished.empty else None
+    best = best_row(table, runs.metric)
     table.to_csv(folder / RESULTS_CSV, index=False)
     (folder / RESULTS_MD).write_text(markdown_table(table))
     files = [folder / RESULTS_CSV, folder / RESULTS_MD]
