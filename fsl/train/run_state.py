@@ -71,7 +71,9 @@ class DivergenceGuard:
         bad = ~torch.isfinite(losses)
         first = torch.argmax(bad.to(torch.uint8))  # the first bad one, if there is one
         # (index of the first bad loss or -1, that loss): one small tensor, read once.
-        verdict = torch.stack([torch.where(bad.any(), first, -1).to(torch.float64), losses[first]])
+        verdict = torch.cat(
+            [torch.where(bad.any(), first, -1).to(torch.float64).reshape(1), losses.index_select(0, first.reshape(1))]
+        )
         if distributed() and self.placement.world_size > 1:
             verdicts = [torch.empty_like(verdict) for _ in range(self.placement.world_size)]
             dist.all_gather(verdicts, verdict)
