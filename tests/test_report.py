@@ -435,3 +435,24 @@ def test_bad_input_is_one_line_and_exit_2(fake_store: str, tmp_path: Path, capsy
     assert f"no MLflow database at {missing}" in err and not missing.parent.exists()
     err = _error(["--tracking-uri", "http://127.0.0.1:9"], capsys)
     assert "tracking URI http://127.0.0.1:9: cannot read it" in err
+
+
+def test_a_failed_trial_is_listed_but_never_ranked_above_a_finished_one(tmp_path: Path):
+    """A trial that diverged after a good epoch keeps its logged best, but the finished trial leads the table."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    trials = [
+        {"config": {"lr": 0.001, "epochs": 2}, "scores": [0.3, 0.4]},
+        {"config": {"lr": 0.01, "epochs": 2}, "scores": [0.6, 0.7]},
+    ]
+    _log_study(uri, tmp_path, "diverged", trials, searched=["lr"], study_params={"search_space": "lr=[0.001, 0.01]"})
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("fake").experiment_id], "tags.`fsl.role` = 'trial'")
+    failed = next(r for r in runs if r.data.params["lr"] == "0.01")
+    client.set_terminated(failed.info.run_id, "FAILED")
+    out = tmp_path / "report"
+    assert report(["--tracking-uri", uri, "--study", "diverged", "--out", str(out), "--no-log"]) == 0
+    rows = _table_rows(_section((out / "report.md").read_text(), "Best trials"))
+    assert [(r["lr"], r["val_acc"], r["status"].split(":")[0]) for r in rows] == [
+        ("0.001", "0.4000 ± 0.0500", "finished"),
+        ("0.01", "0.7000 ± 0.0500", "failed"),
+    ]

@@ -248,8 +248,12 @@ def read_study(client: Any, experiment: Any, parent: Any, tracking_uri: str, met
             parse_values(trials[column].where(trials[column].notna(), None).tolist()), dtype=object
         )
     if not trials.empty:
-        trials = trials.sort_values([value_key, "start_order"], ascending=[False, True], na_position="last")
-        trials = trials.reset_index(drop=True)
+        # A failed trial (e.g. diverged after some good epochs) is listed, but never ranked above one that finished.
+        trials["_failed"] = trials["status"] == "FAILED"
+        trials = trials.sort_values(
+            ["_failed", value_key, "start_order"], ascending=[True, False, True], na_position="last"
+        )
+        trials = trials.drop(columns="_failed").reset_index(drop=True)
     shown = [
         n for n in names_in_run_names(trials.get("run_name", pd.Series(dtype=str)).tolist()) if f"params.{n}" in trials
     ]
