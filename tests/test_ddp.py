@@ -60,3 +60,19 @@ def test_ddp_trials_stopped_by_tune_release_their_workers(local_ray, tiny_hw4_ma
     for trial_dir in trial_dirs:
         assert (trial_dir / "result.json").read_text().strip()
     assert all(group["state"] == "REMOVED" for group in placement_group_table().values())
+
+
+def test_an_epoch_that_does_not_divide_by_the_workers_gives_every_rank_the_same_steps(
+    local_ray, tiny_hw4_master: Path, tmp_path: Path
+):
+    """3 episodes on 2 ranks: each rank steps twice. Unequal steps would leave one rank's gradient all-reduce
+    without a partner."""
+    argv = tiny_study_argv(tiny_hw4_master, tmp_path, "ddp-odd", "odd") + [
+        *"--num-samples 1 --epochs 1 --episodes-per-epoch 3 --workers-per-trial 2 --cpus-per-worker 1".split(),
+        *FIXED.split(),
+    ]
+    assert main(argv) == 0
+    (trial_dir,) = (tmp_path / "results" / "odd").glob("trial-*")
+    (result,) = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+    assert result["ranks_reporting"] == 2 and result["local_episodes"] == 2 and result["episodes_all_ranks"] == 4
+    assert result["val_acc_rank_spread"] == 0.0

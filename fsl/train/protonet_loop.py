@@ -42,8 +42,10 @@ def build_model(cfg: ProtoNetConfig) -> ProtoNet:
 
 
 def episodes_for_rank(total: int, rank: int, world_size: int) -> int:
-    """Split an epoch's episodes across ranks; every rank gets at least one (DDP steps must match)."""
-    return max(1, total // world_size + (1 if rank < total % world_size else 0))
+    """An epoch's episodes split across ranks. Every rank takes the same number, rounded up: each training step
+    is a DDP gradient all-reduce, so a rank with one step more would wait on collectives the others never join.
+    An epoch of 10 episodes on 3 ranks is therefore 12."""
+    return max(1, -(-total // world_size))  # ceiling division
 
 
 def train_protonet(
