@@ -20,7 +20,7 @@ import pandas as pd
 
 from fsl.tracking.mlflow_callback import PARENT_TAG, ROLE_TAG, STUDY_TAG, TRIAL_TAG, _quote
 from fsl.tracking.settings_table import SETTINGS_PNG, plot_settings, settings_markdown, settings_table
-from fsl.tracking.summary import markdown_table
+from fsl.tracking.summary import draw_curves, markdown_table
 
 REPORT_MD, TRIALS_CSV = "report.md", "trials.csv"
 HISTORY_PNG, CURVES_PNG, IMPORTANCE_PNG, LR_AUGMENT_PNG = "history.png", "curves.png", "importance.png", "lr.png"
@@ -538,28 +538,15 @@ def plot_curves(runs: StudyRuns, path: Path) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    best_run = runs.trials["run_id"].iloc[0] if math.isfinite(runs.trials[runs.value_key].iloc[0]) else None
-    for _, row in runs.trials.iterrows():
-        history = runs.histories.get(row["run_id"], [])
-        if not history:
-            continue
-        steps, values = zip(*history, strict=True)
-        is_best = row["run_id"] == best_run
-        ax.plot(
-            steps,
-            values,
-            marker="o",
-            markersize=3,
-            linewidth=2.5 if is_best else 1,
-            alpha=1.0 if is_best else 0.5,
-            label=f"best: {row['trial_id']}" if is_best else None,
-        )
+    trials = runs.trials
+    best = trials["trial_id"].iloc[0] if math.isfinite(trials[runs.value_key].iloc[0]) else None
+    draw_curves(ax, [(r.trial_id, runs.histories.get(r.run_id, [])) for r in trials.itertuples()], best)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(runs.metric)
     ax.set_title(f"{runs.metric} per epoch of every trial (early-stopped trials end early)", fontsize=10)
     ax.grid(alpha=0.3)
-    if best_run is not None:
+    if best is not None:
         ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

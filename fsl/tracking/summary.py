@@ -95,19 +95,13 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_accuracy(trials: list[Any], runs: RunLookup, best_trial: str | None, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for trial in trials:
-        history = runs.metric_history(trial.trial_id)
+def draw_curves(ax: Any, curves: list[tuple[str, list[tuple[int, float]]]], best_trial: str | None) -> None:
+    """One line per trial's (epoch, value) history; the best trial's bold and labelled."""
+    for trial_id, history in curves:
         if not history:
             continue
         steps, values = zip(*history, strict=True)
-        is_best = trial.trial_id == best_trial
+        is_best = best_trial is not None and trial_id == best_trial
         ax.plot(
             steps,
             values,
@@ -115,8 +109,18 @@ def plot_accuracy(trials: list[Any], runs: RunLookup, best_trial: str | None, pa
             markersize=3,
             linewidth=2.5 if is_best else 1,
             alpha=1.0 if is_best else 0.5,
-            label=f"best: {trial.trial_id}" if is_best else None,
+            label=f"best: {trial_id}" if is_best else None,
         )
+
+
+def plot_accuracy(trials: list[Any], runs: RunLookup, best_trial: str | None, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    draw_curves(ax, [(trial.trial_id, runs.metric_history(trial.trial_id)) for trial in trials], best_trial)
     ax.set_xlabel("epoch")
     ax.set_ylabel(runs.metric)
     ax.set_title(f"{runs.metric} per trial (early-stopped trials end early)")
