@@ -1,0 +1,195 @@
+"""b1: ProtoNet training throughput, episodes/s: our training loop against easyfsl's.
+
+Both sides train a Conv4 (64-64-64-64, the project's `fsl.models.conv4.Conv4`) with Adam (lr 1e-3) on 5-way
+1-shot 15-query episodes of the same generated demo data set (HW4 layout, PNG files), with the same torch
+threads and no DataLoader worker processes (the training process does all the work on both sides), and the
+same kind of augmentation (random resized crop, horizontal flip, colour jitter 0.4/0.4/0.4):
+
+- ours: `fsl.train.protonet_loop.train_protonet`, the function a study's trial runs, for one epoch of K
+  episodes: episodes drawn by `EpisodeSampler` from the split decoded once to uint8 arrays
+  (`fsl.data.decoded`), augmented per image as tensors (`augment="flip+crop+color"`). The timed call includes
+  what the loop does around the episodes once per epoch (model construction, a one-episode evaluation, a CPU
+  copy of the weights), so it slightly understates the per-episode rate. Decoding the PNG files happens once per
+  split and data set (then it is cached); its time is given in the note, not in the rate.
+- baseline: easyfsl 1.5's `PrototypicalNetworks` on easyfsl's `EasySet` (which opens each image with PIL on
+  every access and applies its default training transform: RandomResizedCrop, ColorJitter(0.4, 0.4, 0.4),
+  RandomHorizontalFlip, ToTensor, Normalize) and `TaskSampler` + `episodic_collate_fn` in a DataLoader,
+  trained with the loop of easyfsl's notebooks (process_support_set, forward on the queries, cross-entropy).
+
+A third side runs ours with the project's `channels_last=True` option (NHWC weights and batches), which the
+study can set with --param; it is a separate row so that the data path's gain is not mixed with the memory
+format's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench.common import (
+    Row,
+    decoded_split,
+    demo_data,
+    fixed_episodes,
+    make_row,
+    median,
+    pinned_threads,
+    time_interleaved,
+)
+from fsl.models.conv4 import Conv4
+from fsl.train.config import ProtoNetConfig
+from fsl.train.protonet_loop import train_protonet
+
+N_WAY, K_SHOT, N_QUERY = 5, 1, 15
+AUGMENT = "flip+crop+color"
+
+
+def easyset_specs(root: Path, split: str) -> Path:
+    """An EasySet JSON spec for a split of the HW4 layout: EasySet wants one folder per class, so each class
+    gets a folder of symbolic links to its PNG files (made once, beside the data)."""
+    import pandas as pd
+
+    specs = root.parent / f"{root.name}-easyset" / f"{split}.json"
+    if specs.is_file():
+        return specs
+    table = pd.read_csv(root / f"{split}.csv", dtype=str)
+    class_names = list(dict.fromkeys(table["label"]))
+    folders = specs.parent / split
+    for label, filename in zip(table["label"], table["filename"], strict=True):
+        link = folders / label / filename
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink():
+            link.symlink_to(root / split / filename)
+    tmp = specs.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"class_names": class_names, "class_roots": [str(folders / c) for c in class_names]}))
+    tmp.replace(specs)
+    return specs
+
+
+def task_sampler_class() -> type:
+    """easyfsl's TaskSampler, able to start on torch >= 2.6.
+
+    easyfsl 1.5's TaskSampler.__init__ calls `super().__init__(data_source=None)`; since torch 2.6
+    `Sampler.__init__` is `object.__init__`, which takes no arguments (a TypeError). A base class placed
+    between TaskSampler and Sampler accepts and drops the argument; nothing in torch is patched."""
+    from easyfsl.samplers import TaskSampler
+    from torch.utils.data import Sampler
+
+    class _AcceptsDataSource(Sampler):
+        def __init__(self, data_source: Any = None) -> None:
+            pass
+
+    class ShimmedTaskSampler(TaskSampler, _AcceptsDataSource):
+        pass
+
+    return ShimmedTaskSampler
+
+
+class EasyfslSide:
+    """easyfsl's way: EasySet (PIL per access) + TaskSampler in a DataLoader + PrototypicalNetworks."""
+
+    def __init__(self, root: Path, image_size: int, episodes: int) -> None:
+        from easyfsl.datasets import EasySet
+        from easyfsl.methods import PrototypicalNetworks
+
+        self.dataset = EasySet(easyset_specs(root, "train"), image_size=image_size, training=True)
+        self.sampler_cls = task_sampler_class()
+        self.episodes = episodes
+        torch.manual_seed(0)
+        self.model = PrototypicalNetworks(Conv4())
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.criterion = nn.CrossEntropyLoss()
+
+    def __call__(self) -> None:
+        from torch.utils.data import DataLoader
+
+        sampler = self.sampler_cls(self.dataset, n_way=N_WAY, n_shot=K_SHOT, n_query=N_QUERY, n_tasks=self.episodes)
+        loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=0, collate_fn=sampler.episodic_collate_fn)
+        self.model.train()
+        for support_images, support_labels, query_images, query_labels, _ in loader:
+            self.optimizer.zero_grad()
+            self.model.process_support_set(support_images, support_labels)
+            loss = self.criterion(self.model(query_images), query_labels)
+            loss.backward()
+            self.optimizer.step()
+
+
+class OurSide:
+    """The project's training loop, one epoch of `episodes` episodes per call."""
+
+    def __init__(self, root: Path, image_size: int, episodes: int, channels_last: bool = False) -> None:
+        started = time.perf_counter()
+        self.train = decoded_split(root, "train", image_size)
+        self.val = decoded_split(root, "val", image_size)
+        self.decode_s = time.perf_counter() - started  # from the cache after the first run
+        self.episodes = fixed_episodes(root, self.val).head(1)
+        self.cfg = ProtoNetConfig(
+            train_way=N_WAY, k_shot=K_SHOT, n_query=N_QUERY, augment=AUGMENT, image_size=image_size, epochs=1,
+            episodes_per_epoch=episodes, eval_episodes=1, channels_last=channels_last,
+        )  # fmt: skip
+        self.calls = 0
+
+    def __call__(self) -> None:
+        # Another seed every call, so each call trains on other episodes (as the baseline's sampler does).
+        self.calls += 1
+        cfg = self.cfg.replace(seed=self.calls)
+        metrics = train_protonet(cfg, self.train, self.val, self.episodes, lambda metrics, state: None)
+        if not np.isfinite(metrics["train_loss"]):
+            raise RuntimeError(f"our loop's loss is not finite: {metrics}")
+
+
+def measure(image_size: int, episodes: int, repeats: int, quick: bool, with_channels_last: bool) -> list[Row]:
+    if quick:
+        root = demo_data(image_size, n_train_classes=8, n_val_classes=5, images_per_class=20)
+    else:
+        root = demo_data(image_size)
+    sides: dict[str, Any] = {"ours": OurSide(root, image_size, episodes)}
+    if with_channels_last:
+        sides["ours_channels_last"] = OurSide(root, image_size, episodes, channels_last=True)
+    sides["baseline"] = EasyfslSide(root, image_size, episodes)
+    with pinned_threads() as threads:
+        times = time_interleaved(sides, repeats, warmup=1)
+    rate = {name: [episodes / s for s in seconds] for name, seconds in times.items()}
+    common = (
+        f"{N_WAY}-way {K_SHOT}-shot {N_QUERY}-query, {image_size} px, augment {AUGMENT}, {threads} thread(s), "
+        f"0 workers; median of {repeats} interleaved calls of {episodes} episodes"
+    )
+    rows = [
+        make_row(
+            f"b1 ProtoNet train {image_size} px (fp32)",
+            median(rate["ours"]),
+            median(rate["baseline"]),
+            "episodes/s",
+            2.0 if image_size >= 84 else 1.0,
+            f"vs easyfsl; {common}; loading the decoded split took {sides['ours'].decode_s:.1f} s "
+            "(decoded once, then from its cache)",
+            samples={"ours": rate["ours"], "baseline": rate["baseline"]},
+        )
+    ]
+    if with_channels_last:
+        rows.append(
+            make_row(
+                f"b1 ProtoNet train {image_size} px (channels_last=true)",
+                median(rate["ours_channels_last"]),
+                median(rate["baseline"]),
+                "episodes/s",
+                2.0,
+                f"ours with the project's channels_last option vs the same easyfsl run; {common}",
+                samples={"ours": rate["ours_channels_last"], "baseline": rate["baseline"]},
+            )
+        )
+    return rows
+
+
+def run(quick: bool) -> list[Row]:
+    if quick:
+        return measure(32, episodes=2, repeats=2, quick=True, with_channels_last=False)
+    return measure(84, episodes=2, repeats=5, quick=False, with_channels_last=True) + measure(
+        32, episodes=10, repeats=5, quick=False, with_channels_last=False
+    )

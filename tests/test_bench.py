@@ -1,0 +1,58 @@
+"""bench/run_all.py --quick runs benchmarks 1-3 end to end and writes a table with a finite ratio on every row.
+
+A smoke test of the benchmark code (the peers' APIs, the shims, the table), not of speed: --quick sizes are too
+small to measure anything, and no figure is compared with its target here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+OURS = ("b1", "b2", "b3")
+
+
+def test_quick_run_writes_a_row_with_a_finite_ratio_per_benchmark(tmp_path: Path) -> None:
+    pytest.importorskip("easyfsl", reason="the bench extra is not installed (pip install -e '.[bench]')")
+    result = subprocess.run(
+        [sys.executable, "bench/run_all.py", "--quick", "--only", ",".join(OURS), "--results-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    payload = json.loads((tmp_path / "latest.json").read_text())
+    assert payload["quick"] is True
+    rows = payload["rows"]
+    for key in OURS:
+        mine = [row for row in rows if row["name"].startswith(f"{key} ")]
+        assert mine, f"no row for {key} in {[row['name'] for row in rows]}"
+        for row in mine:
+            assert math.isfinite(row["ratio"]) and row["ratio"] > 0, row
+            assert math.isfinite(row["ours"]) and math.isfinite(row["baseline"]), row
+            assert row["target"].startswith(">="), row
+            assert row["samples"]["ours"] and row["samples"]["baseline"], row
+    table = (tmp_path / "latest.md").read_text()
+    assert "| benchmark | ours | baseline | unit | ratio | target | met | note |" in table
+    for row in rows:
+        assert f"| {row['name']} |" in table
+        assert f"| {row['name']} |" in result.stdout
+
+
+def test_unknown_benchmark_is_a_usage_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "bench/run_all.py", "--only", "b99", "--results-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "unknown benchmark(s) b99" in result.stderr
