@@ -149,6 +149,53 @@ def restorable(path: str) -> bool:
     return Tuner.can_restore(path)
 
 
+RAY_CONNECT_TIMEOUT_S = 10.0  # a cluster that does not accept a TCP connection in this time is not there
+
+
+def check_ray_address(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """Fail in seconds, with one line, when nothing answers at --address: ray.init would retry for ever.
+
+    The address is resolved as ray.init resolves it: `auto` (or any address while $RAY_ADDRESS is set for
+    `auto`) through $RAY_ADDRESS, the last `ray start` on this machine or a running local GCS; 127.0.0.1 and
+    localhost become this node's IP; `ray://host[:10001]` is a Ray Client server. Only a TCP connection is
+    tried; what answers there is Ray's to check."""
+    import socket
+
+    if address == "local":
+        return
+    target = (os.environ.get("RAY_ADDRESS") or address) if address == "auto" else address
+    if "://" in target:
+        parsed = urlparse(target)
+        if parsed.scheme != "ray":
+            return  # another client module: ray.init reports its own errors
+        try:
+            host, port = parsed.hostname, parsed.port or 10001
+        except ValueError as err:
+            raise ValueError(f"--address {address}: not an address ({err})") from None
+    else:
+        from ray._common.network_utils import parse_address
+        from ray._private.services import canonicalize_bootstrap_address
+
+        try:
+            resolved = canonicalize_bootstrap_address(target)
+        except (ConnectionError, ValueError) as err:
+            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"--address {address}: {message}") from None
+        if resolved is None:
+            return
+        host, port = parse_address(resolved)
+    where = f"{host}:{port}" + (f" (from {target})" if target != address else "")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as err:
+        reason = "no answer" if isinstance(err, TimeoutError) else (err.strerror or type(err).__name__)
+        raise ValueError(
+            f"--address {address}: no Ray cluster answers at {where} ({reason} within {timeout_s:g} s); "
+            "check the address, or start the cluster (ray start --head)"
+        ) from None
+
+
 def check_settings(settings: StudySettings) -> None:
     """The checks every study makes on its flags, storage and name (before loading any data)."""
     if settings.num_samples < 1:
@@ -159,6 +206,8 @@ def check_settings(settings: StudySettings) -> None:
         raise ValueError("--num-cpus sizes a local Ray; a cluster given by --address has its own resources")
     if settings.reduction_factor < 2:
         raise ValueError(f"ASHA reduction factor must be >= 2, got {settings.reduction_factor}")
+    if settings.address:
+        check_ray_address(settings.address)
     check_storage_writable(settings.storage)
     exists = restorable(settings.study_path)
     if settings.resume and not exists:
@@ -198,7 +247,10 @@ def concurrency(settings: StudySettings) -> int:
     gpus_needed = res.workers * res.gpus_per_worker
     cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
     if gpus_needed and gpus == 0:
-        raise ValueError(f"--gpus-per-worker {res.gpus_per_worker}: the Ray cluster has no GPUs")
+        raise ValueError(
+            f"--gpus-per-worker {res.gpus_per_worker:g}: the Ray cluster has no GPUs "
+            f"(its resources: {cpus:g} CPUs, 0 GPUs); use --gpus-per-worker 0 or attach to a cluster with GPUs"
+        )
     if gpus_needed > gpus:
         raise ValueError(
             f"a trial needs {gpus_needed:g} GPUs ({res.workers} workers x {res.gpus_per_worker:g}), "
