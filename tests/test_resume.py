@@ -1,8 +1,10 @@
 """--resume after the study's driver was killed: the study finishes with exactly the requested trials, finished
-trials are not rerun, and MLflow has exactly one child per trial with each epoch logged once."""
+trials are not rerun, MLflow has exactly one child per trial with each epoch logged once, and the Optuna sampler
+continues with the finished trials as its history."""
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -10,6 +12,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import optuna
 import pandas as pd
 import pytest
 from conftest import tiny_study_argv
@@ -52,11 +55,11 @@ def test_resume_after_the_driver_is_killed(tiny_hw4_master: Path, tmp_path: Path
             if not children.empty and "metrics.val_acc" in children:
                 finished = children[children["status"] == "FINISHED"]
                 running = children[(children["status"] == "RUNNING") & children["metrics.val_acc"].notna()]
-                if len(finished) >= 2 and len(running) == 1:
-                    break  # two trials done, a third one mid-way (an epoch logged, more to come)
+                if len(finished) == 2 and len(running) == 1:
+                    break  # two trials done, a third one mid-way (an epoch logged, more to come), one to suggest
             time.sleep(0.2)
         assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        assert len(finished) >= 2 and len(running) == 1
+        assert len(finished) == 2 and len(running) == 1
         os.kill(first.pid, signal.SIGKILL)  # the driver dies mid-study
         first.wait()
         os.killpg(first.pid, signal.SIGKILL)  # and the local Ray it started
@@ -83,3 +86,44 @@ def test_resume_after_the_driver_is_killed(tiny_hw4_master: Path, tmp_path: Path
     assert [json.loads(line)["epoch"] for line in results.splitlines()] == [1, 2, 3]  # no epoch trained twice
     table = pd.read_csv(tmp_path / "results" / "interrupted" / "results.csv")
     assert len(table) == SAMPLES and set(table["mlflow_run_id"]) == set(children["run_id"])
+
+    # The Optuna sampler went on from where it was. Tune saves the searcher (OptunaSearch.save: its __dict__) with
+    # every study snapshot, one file per driver session: the killed driver's last one, and the resumed driver's.
+    states = sorted((tmp_path / "results" / "interrupted").glob("searcher-state-*.pkl"))  # by session start
+    assert len(states) == 2
+    killed_state, final_state = (pickle.loads(path.read_bytes()) for path in states)
+    numbers = {trial_id: ot_trial.number for trial_id, ot_trial in final_state["_ot_trials"].items()}
+    assert set(numbers) == set(children["tags.fsl.trial_id"])
+    study = final_state["_ot_study"]
+    assert len(study.trials) == SAMPLES and all(t.state.name == "COMPLETE" for t in study.trials)
+    # Every trial's params and value (its last epoch's val_acc) in the study are those MLflow has for it.
+    by_trial = children.set_index("tags.fsl.trial_id")
+    for trial_id, number in numbers.items():
+        frozen = study.trials[number]
+        assert frozen.value == pytest.approx(by_trial.loc[trial_id, "metrics.val_acc"])
+        assert {k: str(v) for k, v in frozen.params.items()} == {
+            k: by_trial.loc[trial_id, f"params.{k}"] for k in frozen.params
+        }
+    # It is the killed driver's study, continued: the two finished trials (with the values logged before the
+    # kill) and the interrupted one, then the trial suggested after the resume, which had them as its history.
+    # A fresh searcher would have lost them and suggested the first (enqueued) point again.
+    before = killed_state["_ot_study"].trials
+    finished_numbers = sorted(numbers[t] for t in finished["tags.fsl.trial_id"])
+    assert [t.state.name for t in before] == ["COMPLETE" if n in finished_numbers else "RUNNING" for n in range(3)]
+    assert [t.params for t in before] == [t.params for t in study.trials[:3]]
+    assert [t.datetime_start for t in before] == [t.datetime_start for t in study.trials[:3]]
+    for trial_id, value in zip(finished["tags.fsl.trial_id"], finished["metrics.val_acc"], strict=True):
+        assert before[numbers[trial_id]].value == pytest.approx(value)
+    (new,) = [study.trials[numbers[t]] for t in numbers if t not in {*finished["tags.fsl.trial_id"], interrupted_trial}]
+    assert new.number == SAMPLES - 1
+    assert all(study.trials[n].datetime_complete < new.datetime_start for n in finished_numbers)
+    assert new.params != study.trials[0].params
+    # Replayed from the killed driver's snapshot: its sampler, told the interrupted trial's result, suggests exactly
+    # the trial the resumed study ran; the same sampler with no history suggests something else.
+    replay = pickle.loads(states[0].read_bytes())
+    interrupted_number = numbers[interrupted_trial]
+    replay["_ot_study"].tell(interrupted_number, study.trials[interrupted_number].value)
+    assert replay["_ot_study"].ask(fixed_distributions=replay["_space"]).params == new.params
+    no_history = pickle.loads(states[0].read_bytes())
+    blank = optuna.create_study(direction="maximize", sampler=no_history["_sampler"])
+    assert blank.ask(fixed_distributions=no_history["_space"]).params != new.params

@@ -1,0 +1,116 @@
+"""A Ray Train worker of a 2-worker DDP trial is killed (SIGKILL) mid-epoch: Ray Train replaces the worker group
+and the new one continues from the last checkpoint, so the study still succeeds, every epoch is trained and
+reported once, and the trial's one MLflow child run has each epoch once."""
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from conftest import tiny_study_argv
+from ray._private import state as gcs_state
+
+from studies.protonet_search import main
+
+pytestmark = pytest.mark.ray
+
+FIXED = "--param lr=0.002 --param augment=flip --param head_depth=1 --param distance=cosine --param train_way=5"
+EPOCHS = 3
+WORKER_CLASS = "RayTrainWorker"
+
+
+def _train_workers(state: str | None = None) -> list[dict]:
+    """Ray Train's worker actors, from the GCS actor table that Ray's State API lists. `ray.util.state.list_actors`
+    itself needs a dashboard, which this test's Ray does not run (and its default address, 127.0.0.1:8265, may be
+    another Ray's on a shared machine)."""
+    actors = gcs_state.actors(actor_state_name=state).values()
+    return [actor for actor in actors if actor["ActorClassName"] == WORKER_CLASS]
+
+
+def _kill_a_worker_after_the_first_epoch(uri: str, killed: dict, stop: threading.Event) -> None:
+    client = mlflow.MlflowClient(uri)
+    while not stop.is_set():
+        time.sleep(0.1)
+        try:
+            experiment = client.get_experiment_by_name("worker-failure")
+            runs = client.search_runs([experiment.experiment_id], "tags.`fsl.role` = 'trial'") if experiment else []
+        except Exception:  # the store is being created
+            continue
+        if len(runs) != 1:
+            continue
+        logged = [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_acc")]
+        alive = _train_workers("ALIVE")
+        if not logged or len(alive) != 2:
+            continue
+        victim = min(alive, key=lambda actor: actor["Pid"])
+        killed.update(pid=victim["Pid"], actor_id=victim["ActorID"], epochs_logged=len(logged))
+        os.kill(victim["Pid"], signal.SIGKILL)  # mid-epoch: the next epoch started when this one was reported
+        return
+
+
+def test_a_killed_train_worker_is_replaced_and_the_trial_resumes_from_its_checkpoint(
+    local_ray, tiny_hw4_master: Path, tmp_path: Path
+):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    argv = tiny_study_argv(tiny_hw4_master, tmp_path, "worker-failure", "worker-kill") + [
+        *f"--num-samples 1 --epochs {EPOCHS} --episodes-per-epoch 120".split(),
+        *"--workers-per-trial 2 --cpus-per-worker 1".split(),
+        *FIXED.split(),
+    ]
+    killed: dict = {}
+    stop = threading.Event()
+    watcher = threading.Thread(target=_kill_a_worker_after_the_first_epoch, args=(uri, killed, stop), daemon=True)
+    watcher.start()
+    try:
+        assert main(argv) == 0
+    finally:
+        stop.set()
+        watcher.join(timeout=10)
+
+    assert killed, "no Train worker was killed"
+    assert killed["epochs_logged"] < EPOCHS  # the kill came while the trial still had epochs to train
+
+    # Ray Train, not Tune, recovered: the killed worker is dead, its group was replaced once (2 + 2 workers),
+    # and Tune never saw the trial fail (its own record of the trial: no failures).
+    workers = {actor["ActorID"]: actor for actor in _train_workers()}
+    assert workers[killed["actor_id"]]["State"] == "DEAD"
+    assert len(workers) == 4, [(a["Pid"], a["State"]) for a in workers.values()]
+    study = tmp_path / "results" / "worker-kill"
+    (trial_dir,) = study.glob("trial-*")
+    (experiment_state,) = study.glob("experiment_state-*.json")
+    ((_, run_metadata),) = json.loads(experiment_state.read_text())["trial_data"]
+    assert json.loads(run_metadata)["num_failures"] == 0
+
+    # Each epoch was reported to Tune exactly once, in order, by both ranks. The epochs before the kill ran on
+    # the first worker group, the rest on its replacement (another placement group), which started at the epoch
+    # after the last checkpoint: a group that started over would report epoch 1 again.
+    results = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+    assert [r["epoch"] for r in results] == list(range(1, EPOCHS + 1))
+    assert all(r["ranks_reporting"] == 2 and r["world_size"] == 2 for r in results)
+    groups = [r["train_placement_group"] for r in results]
+    assert len(set(groups)) == 2, groups
+    restart = groups.index(groups[-1])  # the replacement group's first epoch (0-based)
+    assert groups == [groups[0]] * restart + [groups[-1]] * (EPOCHS - restart), groups
+    assert restart >= killed["epochs_logged"]  # the first group's reported epochs were kept, not trained again
+    # It restored the best-so-far from the checkpoint too: best_val_acc is the running maximum across the restart.
+    running_best = [max(r["val_acc"] for r in results[: i + 1]) for i in range(EPOCHS)]
+    assert [r["best_val_acc"] for r in results] == pytest.approx(running_best)
+    (train_run,) = study.glob("train-*")
+    assert [p.name for p in train_run.glob("epoch=*")] == [f"epoch={EPOCHS:04d}"]
+
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("worker-failure")
+    (child,) = client.search_runs([experiment.experiment_id], "tags.`fsl.role` = 'trial'")
+    assert child.info.status == "FINISHED" and "fsl.error" not in child.data.tags
+    for key in ("val_acc", "train_loss"):
+        history = client.get_metric_history(child.info.run_id, key)
+        assert [m.step for m in history] == list(range(1, EPOCHS + 1)), key
+        assert [m.value for m in history] == pytest.approx([r[key] for r in results]), key
+    table = pd.read_csv(study / "results.csv")
+    assert table["status"].tolist() == ["TERMINATED"] and table["mlflow_run_id"].tolist() == [child.info.run_id]
+    assert table["epochs_run"].tolist() == [EPOCHS]
