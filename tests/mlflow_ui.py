@@ -12,10 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -23,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow_server import MlflowServer, free_port, start_mlflow_server  # noqa: F401  (the tests import them here)
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
@@ -44,70 +41,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def browser_available() -> bool:
     return os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)
-
-
-# --- the server ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class MlflowServer:
-    url: str
-    process: subprocess.Popen
-    log: Path
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.is_file() else ""
-
-    def stop(self) -> None:
-        """Stop the server and its worker: the process group it leads (started in its own session)."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=15)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_mlflow_server(
-    root: Path, backend_store_uri: str | None = None, timeout_s: float = 90.0, attempts: int = 3
-) -> MlflowServer:
-    """A real `mlflow server` on a free port of 127.0.0.1, with one worker (tests share a small machine): on
-    backend_store_uri, or a new SQLite store and served artifacts under root. Its log is root/mlflow-server.log.
-    Returns once GET /health answers OK; a server that exits first (its port taken meanwhile) is started again
-    on another port."""
-    root = root.resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    log = root / "mlflow-server.log"
-    for _ in range(attempts):
-        port = free_port()
-        command = [
-            *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
-            *("--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'mlflow.db'}"),
-            *("--artifacts-destination", str(root / "mlartifacts")),
-        ]
-        with log.open("wb") as out:
-            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        server = MlflowServer(f"http://127.0.0.1:{port}", process, log)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                with urllib.request.urlopen(f"{server.url}/health", timeout=2) as response:
-                    if response.status == 200 and response.read().strip() == b"OK":
-                        return server
-            except OSError:
-                pass
-            time.sleep(0.3)
-        if process.poll() is None:
-            server.stop()
-            raise RuntimeError(f"mlflow server did not answer /health within {timeout_s:.0f} s:\n{server.log_tail()}")
-    raise RuntimeError(f"mlflow server exited with status {process.returncode}:\n{server.log_tail()}")
 
 
 # --- the browser --------------------------------------------------------------------------------------------

@@ -168,6 +168,9 @@ def print_outcome(plan: Any, outcome: Any) -> int:
     )
     print_failures(outcome.table)
     print(f"Results table: {outcome.results_csv}")
+    if outcome.tracking_error:
+        print(f"MLflow: {s.tracking_uri} did not answer at the end ({outcome.tracking_error}); see the warning above")
+        return 0
     print(
         f"MLflow: {s.tracking_uri}, experiment {s.experiment!r}, parent run {s.study_name!r} ({outcome.parent_run_id})"
     )

@@ -112,6 +112,7 @@ class StudyOutcome:
     results_csv: Path
     parent_run_id: str | None
     experiment_id: str | None
+    tracking_error: str | None = None  # why MLflow could not be read at the end (the study went on without it)
 
 
 def normalise_storage(storage: str) -> str:
@@ -441,11 +442,15 @@ def study_outcome(plan: StudyPlan) -> StudyOutcome:
     from mlflow import MlflowClient
 
     from fsl.tracking.mlflow_callback import find_study_run
+    from fsl.tracking.uri import failure_reason
 
     results_csv = plan.results_dir / RESULTS_CSV
     table = pd.read_csv(results_csv) if results_csv.is_file() else pd.DataFrame()
     best = best_row(table, plan.metric)
     client = MlflowClient(plan.settings.tracking_uri)
-    experiment = client.get_experiment_by_name(plan.settings.experiment)
-    parent = find_study_run(client, experiment.experiment_id, plan.settings.study_path) if experiment else None
+    try:
+        experiment = client.get_experiment_by_name(plan.settings.experiment)
+        parent = find_study_run(client, experiment.experiment_id, plan.settings.study_path) if experiment else None
+    except Exception as err:  # the store is away: the study's results are in its folder all the same
+        return StudyOutcome(table, best, results_csv, None, None, tracking_error=failure_reason(err))
     return StudyOutcome(table, best, results_csv, parent, experiment.experiment_id if experiment else None)

@@ -4,11 +4,22 @@ One parent run per study (run name = study name) and one child run per trial (ta
 Workers never open the tracking store, so a SQLite file is safe and a cluster needs no credentials on
 workers. Runs are found again by tags (fsl.study_path, fsl.trial_id), and an epoch already logged is not
 logged again, so a restarted trial or a resumed study writes into the same runs without duplicates.
+
+The store may fail while a study runs. Every hook becomes an action in a queue, run in order: a SQLite store
+locked by another process is retried, and a store that does not answer (a stopped server) leaves the actions
+queued while the study goes on; they are retried every RETRY_S seconds and once more at the end. What is
+still missing then is replayed from Ray's results by `studies/sync_mlflow.py` (fsl.tracking.sync), which runs
+this same callback over the study's saved trials: every action is idempotent, so a replay adds only what MLflow
+lacks.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +27,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from ray.tune import Callback
 
-from fsl.tracking.summary import error_line, write_study_summary
-from fsl.tracking.uri import artifact_location_for
+from fsl.tracking.summary import StudySummary, error_line, write_study_summary
+from fsl.tracking.uri import artifact_location_for, failure_reason
 from fsl.train.run_state import DIVERGED
 
 # Logged per epoch (step = epoch) on every child run, those a trial reports: the same names in every study.
@@ -40,6 +51,33 @@ EPOCH_METRICS = (
 ROLE_TAG, STUDY_TAG, STUDY_PATH_TAG, TRIAL_TAG = "fsl.role", "fsl.study", "fsl.study_path", "fsl.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
 CELL_TAG = "fsl.cell"
+TERMINAL = ("FINISHED", "FAILED", "KILLED")
+
+RETRY_S = 15.0  # how often a study retries a tracking store that stopped answering
+LOCK_WAIT_S = 300.0  # how long one action waits for a SQLite store locked by another process
+# Set in the study's driver unless the user set them. MLflow's HTTP client retries a failed request 7 times
+# over about 4 minutes; the driver would stall that long on the first request to a stopped server, so it
+# retries the queue itself instead. MLflow also prints a "View run" link per finished run on a tracking
+# server, dozens of lines that would bury the progress; the study prints the UI link once at its end.
+DRIVER_ENV_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
+
+
+def set_driver_env_defaults() -> None:
+    for key, value in DRIVER_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def is_locked(err: BaseException) -> bool:
+    """SQLite's answer while another connection holds the write lock (e.g. an `mlflow ui` on the same file)."""
+    return "database is locked" in str(err)
+
+
+def sync_command(study_path: str, tracking_uri: str) -> str:
+    return f"python studies/sync_mlflow.py {study_path} --tracking-uri {tracking_uri}"
 
 
 def _quote(value: str) -> str:
@@ -85,18 +123,43 @@ class MLflowStudyCallback(Callback):
         self.cell_label = cell_label  # an ablation's cell name from the trial config, e.g. "{k_shot}-shot"
         self._reset()
 
+    # Rebuilt in every process (Tune pickles the callback with the experiment; a replay unpickles it).
+    _RUNTIME = (
+        "_client",
+        "experiment_id",
+        "parent_run_id",
+        "_children",
+        "_last_step",
+        "_run_status",
+        "_reconciled",
+        "_queue",
+        "_offline_since",
+        "_last_attempt",
+        "_lock_warned",
+        "_seen",
+        "replaying",
+        "counts",
+    )
+
     def _reset(self) -> None:
         self._client: MlflowClient | None = None
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
-        self._children: dict[str, str] = {}
-        self._last_step: dict[str, int] = {}
+        self._children: dict[str, str] = {}  # trial id -> child run id
+        self._last_step: dict[str, int] = {}  # child run id -> last epoch logged
+        self._run_status: dict[str, str] = {}  # run id -> its MLflow status, as last seen or set
         self._reconciled = False
+        self._queue: deque[Callable[[], None]] = deque()  # tracking actions not yet done
+        self._offline_since: float | None = None
+        self._last_attempt = 0.0
+        self._lock_warned = False
+        self._seen: dict[str, dict[int, float]] = {}  # trial id -> {epoch: metric}, as reported to this process
+        self.replaying = False  # run by fsl.tracking.sync: only add what is missing, never reopen a run
+        self.counts = {"children": 0, "epochs": 0, "closed": 0, "parent": 0}
 
-    # Tune pickles the callback with the experiment; the client and run caches are rebuilt after a restore.
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_client", "experiment_id", "parent_run_id", "_children", "_last_step", "_reconciled"):
+        for key in self._RUNTIME:
             state.pop(key, None)
         return state
 
@@ -127,34 +190,46 @@ class MLflowStudyCallback(Callback):
         found = find_study_run(self.client, self.experiment_id, self.study_path)
         if found is not None:
             self.parent_run_id = found
-            self.client.update_run(self.parent_run_id, status="RUNNING")
-            return self.parent_run_id
+            self._run_status[found] = self.client.get_run(found).info.status
+            if not self.replaying and self._run_status[found] != "RUNNING":
+                self.client.update_run(found, status="RUNNING")  # a resumed study runs again
+                self._run_status[found] = "RUNNING"
+            return found
         tags = {ROLE_TAG: "study", STUDY_TAG: self.study_name, STUDY_PATH_TAG: self.study_path, **self.tags}
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=self.study_name)
-        self.parent_run_id = run.info.run_id
         now = int(time.time() * 1000)
         self.client.log_batch(
-            self.parent_run_id,
+            run.info.run_id,
             metrics=[Metric(k, float(v), now, 0) for k, v in self.study_metrics.items()],
             params=[Param(k, str(v)) for k, v in self.study_params.items()],
         )
+        # Only now: a parent whose params failed to log is found (and completed) on the next try.
+        self.parent_run_id = run.info.run_id
+        self._run_status[self.parent_run_id] = "RUNNING"
+        self.counts["parent"] += 1
         return self.parent_run_id
 
     def _find_child(self, trial_id: str) -> str | None:
-        """The child run already logged for this trial (by an earlier process or attempt), if any."""
-        if trial_id in self._children:
-            return self._children[trial_id]
-        parent = self.ensure_parent()
-        found = self.client.search_runs(
-            [self.experiment_id],
-            f"tags.`{PARENT_TAG}` = {_quote(parent)} and tags.`{TRIAL_TAG}` = {_quote(trial_id)}",
-            max_results=1,
-        )
-        if not found:
-            return None
-        run_id = found[0].info.run_id
+        """The child run already logged for this trial (by an earlier process or attempt), if any, with its
+        last logged epoch and status read back from MLflow when this process does not know them."""
+        run_id = self._children.get(trial_id)
+        if run_id is not None and run_id in self._last_step:
+            return run_id
+        if run_id is None:
+            parent = self.ensure_parent()
+            found = self.client.search_runs(
+                [self.experiment_id],
+                f"tags.`{PARENT_TAG}` = {_quote(parent)} and tags.`{TRIAL_TAG}` = {_quote(trial_id)}",
+                max_results=1,
+            )
+            if not found:
+                return None
+            run_id, status = found[0].info.run_id, found[0].info.status
+        else:
+            status = self.client.get_run(run_id).info.status
         history = self.client.get_metric_history(run_id, self.metric)
         self._last_step[run_id] = max((m.step for m in history), default=0)
+        self._run_status[run_id] = status
         self._children[trial_id] = run_id
         return run_id
 
@@ -176,18 +251,189 @@ class MLflowStudyCallback(Callback):
         run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
         self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in sorted(trial.config.items())])
         self._last_step[run_id] = 0
+        self._run_status[run_id] = "RUNNING"
         self._children[trial.trial_id] = run_id
+        self.counts["children"] += 1
         return run_id
+
+    # --- what each Tune event writes (idempotent: a retry or a replay adds only what is missing) ------
+
+    def _start(self, trial: Any) -> None:
+        run_id = self.child_run(trial)
+        if self._run_status.get(run_id) != "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")  # a trial restored by a resumed study
+            self._run_status[run_id] = "RUNNING"
+
+    def _result(self, trial: Any, result: dict) -> None:
+        run_id = self.child_run(trial)
+        if DIVERGED in result:
+            return  # not an epoch: the notice that the trial is about to fail (_error records why)
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        if step <= self._last_step.get(run_id, 0):
+            return  # already logged before a restart
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(result[k]), now, step) for k in EPOCH_METRICS if k in result]
+        self.client.log_batch(run_id, metrics=metrics)
+        self._last_step[run_id] = step
+        self.counts["epochs"] += 1
+
+    def _complete(self, trial: Any) -> None:
+        run_id = self.child_run(trial)
+        if self._run_status.get(run_id) == "FINISHED":
+            return  # closed by an earlier process
+        result = trial.last_result or {}
+        epochs = int(trial.config.get("epochs", 0))
+        stopped_early = bool(result) and int(result.get("epoch", 0)) < epochs
+        now = int(time.time() * 1000)
+        logged = self.client.get_run(run_id).data.metrics  # an earlier attempt may have logged them
+        finals = [
+            Metric(name, float(result[key]), now, int(result.get("epoch", 0)))
+            for name, key in (
+                (f"final_best_{self.metric}", f"best_{self.metric}"),
+                (f"final_best_{self.metric}_ci95", f"best_{self.metric}_ci95"),
+                ("best_epoch", "best_epoch"),
+                ("epochs_run", "epoch"),
+            )
+            if key in result and name not in logged
+        ]
+        self.client.log_batch(run_id, metrics=finals, tags=[RunTag("fsl.stopped_early", str(stopped_early).lower())])
+        self._log_best_model(run_id, trial, result)
+        self.client.set_terminated(run_id, "FINISHED")
+        self._run_status[run_id] = "FINISHED"
+        self.counts["closed"] += 1
+
+    def _error(self, trial: Any) -> None:
+        run_id = self.child_run(trial)
+        if self._run_status.get(run_id) == "FAILED":
+            return
+        self.client.set_tag(run_id, "fsl.error", error_line(trial) or "unknown error")
+        self.client.set_terminated(run_id, "FAILED")
+        self._run_status[run_id] = "FAILED"
+        self.counts["closed"] += 1
+
+    def _finish(self, trials: list, summary: StudySummary) -> None:
+        """The parent's share of the study's end: its summary files, best trial and status."""
+        parent = self.ensure_parent()
+        if not self.replaying:  # a replay cannot know whether a trial still runs elsewhere
+            for trial in trials:
+                run_id = self._find_child(trial.trial_id)  # also those finished before a resume
+                if run_id is not None and trial.status not in ("TERMINATED", "ERROR"):
+                    if self._run_status.get(run_id) not in TERMINAL:
+                        self.client.set_terminated(run_id, "KILLED")
+                        self._run_status[run_id] = "KILLED"
+        for path in summary.files:
+            self.client.log_artifact(parent, str(path), artifact_path="results")
+        run = self.client.get_run(parent)
+        logged = run.data
+        if summary.best is not None:
+            best = summary.best
+            now = int(time.time() * 1000)
+            keys = (f"best_{self.metric}", f"best_{self.metric}_ci95")
+            tags = {"fsl.best_trial_id": best["trial_id"], "fsl.best_run_id": self._children.get(best["trial_id"], "")}
+            self.client.log_batch(
+                parent,
+                # A resumed study (or a replay) that ends with the same best logs nothing again.
+                metrics=[Metric(k, float(best[k]), now, 0) for k in keys if logged.metrics.get(k) != float(best[k])],
+                tags=[RunTag(k, v) for k, v in tags.items() if logged.tags.get(k) != v],
+            )
+        if run.info.status != "FINISHED":
+            self.client.set_terminated(parent, "FINISHED")
+            self._run_status[parent] = "FINISHED"
+
+    # --- the queue: actions run in order, retried while the store is locked or away --------------------
+
+    def _submit(self, action: Callable[[], None], force: bool = False) -> None:
+        self._queue.append(action)
+        self._drain(force)
+
+    def _drain(self, force: bool = False) -> bool:
+        """Run the queued actions in order; True when none is left. While the store is away, tries again
+        only every RETRY_S seconds (or when forced, at the study's end)."""
+        if not self._queue:
+            return True
+        if self._offline_since is not None:
+            if not force and time.monotonic() - self._last_attempt < RETRY_S:
+                return False
+            self._last_attempt = time.monotonic()
+            if not self._answers():
+                return False
+        while self._queue:
+            try:
+                self.with_lock_retry(self._queue[0])
+            except Exception as err:  # MLflow raises many types for a store that is away
+                self._went_offline(err)
+                return False
+            self._queue.popleft()
+        if self._offline_since is not None:
+            away = time.monotonic() - self._offline_since
+            print(f"MLflow at {self.tracking_uri} answers again after {away:.0f} s: caught up", flush=True)
+            self._offline_since = None
+        return True
+
+    def with_lock_retry(self, action: Callable[[], Any]) -> Any:
+        """Run one action; while SQLite says the database is locked, wait and run it again."""
+        deadline, delay = time.monotonic() + LOCK_WAIT_S, 0.2
+        while True:
+            try:
+                return action()
+            except Exception as err:
+                if not is_locked(err) or time.monotonic() > deadline:
+                    raise
+                if not self._lock_warned:
+                    self._lock_warned = True
+                    print(
+                        f"warning: MLflow store {self.tracking_uri} is locked by another process; "
+                        f"retrying for up to {LOCK_WAIT_S:.0f} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                time.sleep(delay)
+                delay = min(2 * delay, 5.0)
+
+    def _went_offline(self, err: BaseException) -> None:
+        self._last_attempt = time.monotonic()
+        # What an interrupted action may have written is read back from MLflow on the next try.
+        self._last_step.clear()
+        self._run_status.clear()
+        self._client = None
+        if self._offline_since is None:
+            self._offline_since = time.monotonic()
+            print(
+                f"warning: MLflow at {self.tracking_uri} failed ({failure_reason(err)}); the study goes on and keeps "
+                f"every result in {self.study_path}; tracking retries every {RETRY_S:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def _answers(self) -> bool:
+        """A quick look at a tracking server before the queue is retried (MLflow's own retries are slow)."""
+        if not self.tracking_uri.startswith(("http://", "https://")):
+            return True
+        import requests
+
+        try:
+            return requests.get(f"{self.tracking_uri.rstrip('/')}/health", timeout=3).ok
+        except requests.RequestException:
+            return False
+
+    @property
+    def pending(self) -> int:
+        """Tracking actions not yet done (the store did not answer)."""
+        return len(self._queue)
 
     # --- Tune hooks -------------------------------------------------------------------------------------
 
     def setup(self, **info: Any) -> None:
-        self.ensure_parent()
+        set_driver_env_defaults()
+        self._submit(self.ensure_parent)
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         if not self._reconciled:
             self._reconciled = True
-            self.close_orphaned_children({trial.trial_id for trial in trials})
+            known = {trial.trial_id for trial in trials}
+            self._submit(lambda: self.close_orphaned_children(known))
+        elif self._queue:
+            self._drain()  # catches up as soon as the store answers again, without waiting for an event
 
     def close_orphaned_children(self, known_trials: set[str]) -> None:
         """After a driver crash, a child run may belong to a trial that Tune's last snapshot never saw (Tune
@@ -215,71 +461,52 @@ class MLflowStudyCallback(Callback):
                 return runs
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self.child_run(trial)
-        self.client.update_run(run_id, status="RUNNING")
+        self._submit(lambda: self._start(trial))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        run_id = self.child_run(trial)
-        if DIVERGED in result:
-            return  # not an epoch: the notice that the trial is about to fail (on_trial_error records why)
-        step = int(result.get("epoch", result.get("training_iteration", 0)))
-        if step <= self._last_step.get(run_id, 0):
-            return  # already logged before a restart
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, float(result[k]), now, step) for k in EPOCH_METRICS if k in result]
-        self.client.log_batch(run_id, metrics=metrics)
-        self._last_step[run_id] = step
+        result = dict(result)  # as it is now: the queue may run it later
+        self._remember(trial.trial_id, result)
+        self._submit(lambda: self._result(trial, result))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self.child_run(trial)
-        result = trial.last_result or {}
-        epochs = int(trial.config.get("epochs", 0))
-        stopped_early = bool(result) and int(result.get("epoch", 0)) < epochs
-        now = int(time.time() * 1000)
-        finals = [
-            Metric(name, float(result[key]), now, int(result.get("epoch", 0)))
-            for name, key in (
-                (f"final_best_{self.metric}", f"best_{self.metric}"),
-                (f"final_best_{self.metric}_ci95", f"best_{self.metric}_ci95"),
-                ("best_epoch", "best_epoch"),
-                ("epochs_run", "epoch"),
-            )
-            if key in result
-        ]
-        self.client.log_batch(run_id, metrics=finals, tags=[RunTag("fsl.stopped_early", str(stopped_early).lower())])
-        self._log_best_model(run_id, trial, result)
-        self.client.set_terminated(run_id, "FINISHED")
+        self._submit(lambda: self._complete(trial))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self.child_run(trial)
-        self.client.set_tag(run_id, "fsl.error", error_line(trial) or "unknown error")
-        self.client.set_terminated(run_id, "FAILED")
+        self._submit(lambda: self._error(trial))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        parent = self.ensure_parent()
-        for trial in trials:
-            run_id = self._find_child(trial.trial_id)  # also those finished before a resume, for the summary
-            if run_id is not None and trial.status not in ("TERMINATED", "ERROR"):
-                self.client.set_terminated(run_id, "KILLED")
+        self._drain(force=True)  # the child run ids go into the results table
         summary = write_study_summary(trials, self, Path(self.results_dir))
-        for path in summary.files:
-            self.client.log_artifact(parent, str(path), artifact_path="results")
-        if summary.best is not None:
-            best = summary.best
-            now = int(time.time() * 1000)
-            logged = self.client.get_run(parent).data.metrics
-            keys = (f"best_{self.metric}", f"best_{self.metric}_ci95")
-            finals = {key: best[key] for key in keys}
-            self.client.log_batch(
-                parent,
-                # A resumed study that ends with the same best logs nothing again.
-                metrics=[Metric(k, float(v), now, 0) for k, v in finals.items() if logged.get(k) != float(v)],
-                tags=[
-                    RunTag("fsl.best_trial_id", best["trial_id"]),
-                    RunTag("fsl.best_run_id", self._children.get(best["trial_id"], "")),
-                ],
+        self._submit(lambda: self._finish(trials, summary), force=True)
+        if self._queue:
+            print(
+                f"warning: MLflow at {self.tracking_uri} did not answer; {len(self._queue)} tracking actions are "
+                f"not done. Every result is kept in {self.study_path}; once MLflow answers, run: "
+                f"{sync_command(self.study_path, self.tracking_uri)}",
+                file=sys.stderr,
+                flush=True,
             )
-        self.client.set_terminated(parent, "FINISHED")
+
+    # --- replay (fsl.tracking.sync) ---------------------------------------------------------------------
+
+    def replay_trial(self, trial: Any, results: list[dict]) -> None:
+        """Log what MLflow lacks of one saved trial: its epochs, then its end (finished or failed)."""
+        for result in results:
+            self._remember(trial.trial_id, result)
+            self.with_lock_retry(lambda result=result: self._result(trial, result))
+        if trial.status == "TERMINATED":
+            self.with_lock_retry(lambda: self._complete(trial))
+        elif trial.status == "ERROR":
+            self.with_lock_retry(lambda: self._error(trial))
+
+    def replay_end(self, trials: list) -> StudySummary:
+        summary = write_study_summary(trials, self, Path(self.results_dir))
+        self.with_lock_retry(lambda: self._finish(trials, summary))
+        return summary
+
+    def _remember(self, trial_id: str, result: dict) -> None:
+        if DIVERGED not in result and self.metric in result and "epoch" in result:
+            self._seen.setdefault(trial_id, {})[int(result["epoch"])] = float(result[self.metric])
 
     # --- helpers ----------------------------------------------------------------------------------------
 
@@ -293,11 +520,18 @@ class MLflowStudyCallback(Callback):
                 self.client.log_artifact(run_id, str(best_model), artifact_path="checkpoint")
 
     def metric_history(self, trial_id: str, key: str | None = None) -> list[tuple[int, float]]:
-        run_id = self._children.get(trial_id)
+        """A trial's (epoch, value) history: as reported to this process, else (a trial finished before a
+        resume) from MLflow; empty when neither has it."""
         key = key or self.metric
-        if run_id is None:
+        if key == self.metric and self._seen.get(trial_id):
+            return sorted(self._seen[trial_id].items())
+        run_id = self._children.get(trial_id)
+        if run_id is None or self._offline_since is not None:
             return []
-        return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))
+        try:
+            return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))
+        except Exception:  # the store went away: a summary without this curve rather than none
+            return []
 
     def child_run_id(self, trial_id: str) -> str | None:
         return self._children.get(trial_id)

@@ -21,6 +21,7 @@ import pandas as pd
 from fsl.tracking.mlflow_callback import PARENT_TAG, ROLE_TAG, STUDY_TAG, TRIAL_TAG, _quote
 from fsl.tracking.settings_table import SETTINGS_PNG, plot_settings, settings_markdown, settings_table
 from fsl.tracking.summary import draw_curves, markdown_table
+from fsl.tracking.uri import failure_reason
 
 REPORT_MD, TRIALS_CSV = "report.md", "trials.csv"
 HISTORY_PNG, CURVES_PNG, IMPORTANCE_PNG, LR_AUGMENT_PNG = "history.png", "curves.png", "importance.png", "lr.png"
@@ -86,11 +87,7 @@ def check_reachable(client: Any, uri: str) -> None:
     try:
         client.search_experiments(max_results=1)
     except Exception as err:  # MLflow raises several types for a refused connection, a timeout, a bad database
-        text = str(err).strip()
-        # A refused connection's message is a page of urllib3 repr; its last words say what happened.
-        errno = re.search(r"\[Errno -?\d+\] ([^'\"()]+)", text)
-        reason = errno.group(1).strip() if errno else (text.splitlines()[0][:200] if text else type(err).__name__)
-        raise ValueError(f"tracking URI {uri}: cannot read it ({reason})") from None
+        raise ValueError(f"tracking URI {uri}: cannot read it ({failure_reason(err)})") from None
 
 
 def _all_runs(client: Any, experiment_ids: list[str], filter_string: str, order_by: list[str] | None = None) -> list:

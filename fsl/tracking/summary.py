@@ -33,7 +33,10 @@ def error_line(trial: Any) -> str | None:
     """The last line of a failed trial's latest error: the exception without its module and its message, e.g.
     'TrainingDiverged: train_loss became nan at epoch 1 step 3 (lr=10.0)'; None when there is none."""
     text = ""
-    local = getattr(trial, "error_file", None)
+    try:
+        local = trial.error_file
+    except Exception:  # a trial read back from storage without Ray (a replay) has no driver copy
+        local = None
     if local and Path(local).is_file():
         # The driver's own copy: written before callbacks hear of the error, while the copy in the study's
         # storage (what trial.get_error() reads) is only synced later.

@@ -33,6 +33,14 @@ def resolve_tracking_uri(flag: str | None, cwd: Path | None = None) -> str:
     return uri
 
 
+def failure_reason(err: BaseException) -> str:
+    """A tracking store's failure in a few words. A refused connection's message is a page of urllib3 repr;
+    its last words say what happened."""
+    text = str(err).strip()
+    errno = re.search(r"\[Errno -?\d+\] ([^'\"()]+)", text)
+    return errno.group(1).strip() if errno else (text.splitlines()[0][:200] if text else type(err).__name__)
+
+
 def artifact_location_for(uri: str, experiment: str) -> str | None:
     """For a SQLite store, artifacts live beside the database (not in whatever folder MLflow was started
     from); a tracking server chooses its own artifact store."""
