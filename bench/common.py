@@ -80,21 +80,35 @@ def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
-def time_interleaved(sides: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+def time_interleaved(
+    sides: dict[str, Callable[[], Any]],
+    repeats: int,
+    warmup: int = 1,
+    cpu_times: dict[str, list[float]] | None = None,
+) -> dict[str, list[float]]:
     """Wall-clock seconds of each side's callable, `repeats` times each, alternating the sides every
     repetition (a, b, a, b, ...) so that a change in machine load hits both alike. `warmup` untimed calls of
-    each side come first. Returns {side: [seconds per repetition]}; take the median of each."""
+    each side come first. Returns {side: [seconds per repetition]}; take the median of each.
+
+    Pass a dict as `cpu_times` to also get each call's CPU time of this process (time.process_time: every
+    thread of the process, child processes excluded). On a shared machine it is far less noisy than wall
+    time, since waiting for a core is not counted; for one-thread, worker-less sides it is the work done."""
     for _ in range(warmup):
         for fn in sides.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in sides}
+    if cpu_times is not None:
+        cpu_times.update({name: [] for name in sides})
     for rep in range(repeats):
         # Alternate which side goes first, so neither always runs right after the other.
         order = list(sides.items()) if rep % 2 == 0 else list(reversed(sides.items()))
         for name, fn in order:
+            cpu_started = time.process_time()
             started = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - started)
+            if cpu_times is not None:
+                cpu_times[name].append(time.process_time() - cpu_started)
     return times
 
 
