@@ -8,13 +8,17 @@ same kind of augmentation (random resized crop, horizontal flip, colour jitter 0
 - ours: `fsl.train.protonet_loop.train_protonet`, the function a study's trial runs, for one epoch of K
   episodes: episodes drawn by `EpisodeSampler` from the split decoded once to uint8 arrays
   (`fsl.data.decoded`), augmented per image as tensors (`augment="flip+crop+color"`). The timed call includes
-  what the loop does around the episodes once per epoch (model construction, a one-episode evaluation, a CPU
-  copy of the weights), so it slightly understates the per-episode rate. Decoding the PNG files happens once per
-  split and data set (then it is cached); its time is given in the note, not in the rate.
+  what the loop does around the episodes once per epoch (model construction, its evaluation, here of one
+  episode of 5 distinct images, a CPU copy of the weights), so it slightly understates the per-episode rate.
+  Decoding the PNG files happens once per split and data set (then it is cached); its time is given in the
+  note, not in the rate.
 - baseline: easyfsl 1.5's `PrototypicalNetworks` on easyfsl's `EasySet` (which opens each image with PIL on
   every access and applies its default training transform: RandomResizedCrop, ColorJitter(0.4, 0.4, 0.4),
   RandomHorizontalFlip, ToTensor, Normalize) and `TaskSampler` + `episodic_collate_fn` in a DataLoader,
   trained with the loop of easyfsl's notebooks (process_support_set, forward on the queries, cross-entropy).
+
+Each side gets one untimed warm-up episode; then K-episode calls alternate between the sides. The note gives
+the ratio of the sides' process CPU times too: on a loaded machine it does not count waiting for a core.
 
 A third side runs ours with the project's `channels_last=True` option (NHWC weights and batches), which the
 study can set with --param; it is a separate row so that the data path's gain is not mixed with the memory
@@ -42,6 +46,7 @@ from bench.common import (
     pinned_threads,
     time_interleaved,
 )
+from fsl.data.episodes import FixedEpisodes
 from fsl.models.conv4 import Conv4
 from fsl.train.config import ProtoNetConfig
 from fsl.train.protonet_loop import train_protonet
@@ -106,10 +111,11 @@ class EasyfslSide:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.criterion = nn.CrossEntropyLoss()
 
-    def __call__(self) -> None:
+    def __call__(self, episodes: int | None = None) -> None:
         from torch.utils.data import DataLoader
 
-        sampler = self.sampler_cls(self.dataset, n_way=N_WAY, n_shot=K_SHOT, n_query=N_QUERY, n_tasks=self.episodes)
+        n_tasks = episodes or self.episodes
+        sampler = self.sampler_cls(self.dataset, n_way=N_WAY, n_shot=K_SHOT, n_query=N_QUERY, n_tasks=n_tasks)
         loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=0, collate_fn=sampler.episodic_collate_fn)
         self.model.train()
         for support_images, support_labels, query_images, query_labels, _ in loader:
@@ -120,6 +126,16 @@ class EasyfslSide:
             self.optimizer.step()
 
 
+def minimal_eval_episode(episodes: FixedEpisodes) -> FixedEpisodes:
+    """One evaluation episode whose queries are its support images (5 distinct images in all): the loop
+    evaluates once per epoch, and this keeps that evaluation to a few forward passes, so the rate measured is
+    the training episodes' (a study's epoch has 100 episodes per evaluation, not 2)."""
+    support = episodes.support[:1]
+    query = np.repeat(support, N_QUERY, axis=1)
+    labels = np.repeat(np.arange(N_WAY)[None, :], N_QUERY, axis=1)
+    return FixedEpisodes(episodes.episode_ids[:1], support, query, labels, N_WAY, K_SHOT)
+
+
 class OurSide:
     """The project's training loop, one epoch of `episodes` episodes per call."""
 
@@ -128,17 +144,17 @@ class OurSide:
         self.train = decoded_split(root, "train", image_size)
         self.val = decoded_split(root, "val", image_size)
         self.decode_s = time.perf_counter() - started  # from the cache after the first run
-        self.episodes = fixed_episodes(root, self.val).head(1)
+        self.episodes = minimal_eval_episode(fixed_episodes(root, self.val).head(1))
         self.cfg = ProtoNetConfig(
             train_way=N_WAY, k_shot=K_SHOT, n_query=N_QUERY, augment=AUGMENT, image_size=image_size, epochs=1,
             episodes_per_epoch=episodes, eval_episodes=1, channels_last=channels_last,
         )  # fmt: skip
         self.calls = 0
 
-    def __call__(self) -> None:
+    def __call__(self, episodes: int | None = None) -> None:
         # Another seed every call, so each call trains on other episodes (as the baseline's sampler does).
         self.calls += 1
-        cfg = self.cfg.replace(seed=self.calls)
+        cfg = self.cfg.replace(seed=self.calls, episodes_per_epoch=episodes or self.cfg.episodes_per_epoch)
         metrics = train_protonet(cfg, self.train, self.val, self.episodes, lambda metrics, state: None)
         if not np.isfinite(metrics["train_loss"]):
             raise RuntimeError(f"our loop's loss is not finite: {metrics}")
@@ -154,8 +170,15 @@ def measure(image_size: int, episodes: int, repeats: int, quick: bool, with_chan
         sides["ours_channels_last"] = OurSide(root, image_size, episodes, channels_last=True)
     sides["baseline"] = EasyfslSide(root, image_size, episodes)
     with pinned_threads() as threads:
-        times = time_interleaved(sides, repeats, warmup=1)
+        for side in sides.values():
+            side(episodes=1)  # warm-up: one episode each
+        cpu: dict[str, list[float]] = {}
+        times = time_interleaved(sides, repeats, warmup=0, cpu_times=cpu)
     rate = {name: [episodes / s for s in seconds] for name, seconds in times.items()}
+
+    def cpu_ratio(name: str) -> str:
+        return f"CPU-time ratio {median(cpu['baseline']) / median(cpu[name]):.2f}x"
+
     common = (
         f"{N_WAY}-way {K_SHOT}-shot {N_QUERY}-query, {image_size} px, augment {AUGMENT}, {threads} thread(s), "
         f"0 workers; median of {repeats} interleaved calls of {episodes} episodes"
@@ -167,7 +190,7 @@ def measure(image_size: int, episodes: int, repeats: int, quick: bool, with_chan
             median(rate["baseline"]),
             "episodes/s",
             2.0 if image_size >= 84 else 1.0,
-            f"vs easyfsl; {common}; loading the decoded split took {sides['ours'].decode_s:.1f} s "
+            f"vs easyfsl; {cpu_ratio('ours')}; {common}; loading the decoded split took {sides['ours'].decode_s:.1f} s "
             "(decoded once, then from its cache)",
             samples={"ours": rate["ours"], "baseline": rate["baseline"]},
         )
@@ -180,7 +203,8 @@ def measure(image_size: int, episodes: int, repeats: int, quick: bool, with_chan
                 median(rate["baseline"]),
                 "episodes/s",
                 2.0,
-                f"ours with the project's channels_last option vs the same easyfsl run; {common}",
+                "ours with the project's channels_last option vs the same easyfsl run; "
+                f"{cpu_ratio('ours_channels_last')}; {common}",
                 samples={"ours": rate["ours_channels_last"], "baseline": rate["baseline"]},
             )
         )
@@ -190,6 +214,6 @@ def measure(image_size: int, episodes: int, repeats: int, quick: bool, with_chan
 def run(quick: bool) -> list[Row]:
     if quick:
         return measure(32, episodes=2, repeats=2, quick=True, with_channels_last=False)
-    return measure(84, episodes=2, repeats=5, quick=False, with_channels_last=True) + measure(
+    return measure(84, episodes=2, repeats=3, quick=False, with_channels_last=True) + measure(
         32, episodes=10, repeats=5, quick=False, with_channels_last=False
     )

@@ -142,7 +142,7 @@ def run(quick: bool) -> list[Row]:
             Variant("channels_last", channels_last=True),
             Variant("bf16 autocast", bf16=True),
             Variant("bf16 + channels_last", channels_last=True, bf16=True),
-            Variant("channels_last, 4 episodes/step", channels_last=True, episodes=4),
+            Variant("channels_last, 2 episodes/step", channels_last=True, episodes=2),
             Variant("channels_last + torch.compile", channels_last=True, compile=True),
             Variant("channels_last, 2 threads", threads=2, channels_last=True),
         ]
