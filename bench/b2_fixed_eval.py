@@ -140,7 +140,9 @@ def run(quick: bool) -> list[Row]:
     n_total = len(episodes)
     template = TemplateSide(root, model, episodes.n_way, episodes.k_shot, episodes.n_query, baseline_episodes)
     with pinned_threads() as threads:
-        times = time_interleaved({"ours": ours, "baseline": template}, repeats, warmup=0)
+        cpu: dict[str, list[float]] = {}
+        times = time_interleaved({"ours": ours, "baseline": template}, repeats, warmup=0, cpu_times=cpu)
+    cpu_ratio = median(cpu["baseline"]) * n_total / baseline_episodes / median(cpu["ours"])
     ours_s = times["ours"]
     template_s = [s * n_total / baseline_episodes for s in times["baseline"]]
     same = np.allclose(ours.accuracies[:baseline_episodes], template.accuracies, atol=1e-6)
@@ -153,7 +155,8 @@ def run(quick: bool) -> list[Row]:
     note = (
         f"{n_total} episodes {episodes.n_way}-way {episodes.k_shot}-shot {episodes.n_query}-query at {image_size} px "
         f"({images} distinct images, {episodes.support.size + episodes.query.size} episode slots); baseline timed on "
-        f"the first {baseline_episodes} episodes and scaled to {n_total}, same accuracies there; {threads} "
+        f"the first {baseline_episodes} episodes and scaled to {n_total}, same accuracies there; CPU-time ratio "
+        f"{cpu_ratio:.1f}x; {threads} "
         f"thread(s), 0 workers; median of {repeats} interleaved runs; loading the decoded split took "
         f"{ours.decode_s:.1f} s (decoded once, then from its cache)"
     )
