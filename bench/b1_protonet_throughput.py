@@ -20,9 +20,10 @@ same kind of augmentation (random resized crop, horizontal flip, colour jitter 0
 Each side gets one untimed warm-up episode; then K-episode calls alternate between the sides. The note gives
 the ratio of the sides' process CPU times too: on a loaded machine it does not count waiting for a core.
 
-A third side runs ours with the project's `channels_last=True` option (NHWC weights and batches), which the
-study can set with --param; it is a separate row so that the data path's gain is not mixed with the memory
-format's.
+At 84 px two more sides run ours with project options a study can set with --param: `channels_last=true`
+(NHWC weights and batches, the same fp32 arithmetic) and `precision=bf16` with `channels_last=true` (bf16
+autocast of the forward pass, float32 weights; not the baseline's arithmetic). They are separate rows, so that
+the data path's gain is not mixed with the memory format's or the precision's.
 """
 
 from __future__ import annotations
@@ -139,7 +140,9 @@ def minimal_eval_episode(episodes: FixedEpisodes) -> FixedEpisodes:
 class OurSide:
     """The project's training loop, one epoch of `episodes` episodes per call."""
 
-    def __init__(self, root: Path, image_size: int, episodes: int, channels_last: bool = False) -> None:
+    def __init__(
+        self, root: Path, image_size: int, episodes: int, channels_last: bool = False, precision: str = "fp32"
+    ) -> None:
         started = time.perf_counter()
         self.train = decoded_split(root, "train", image_size)
         self.val = decoded_split(root, "val", image_size)
@@ -147,7 +150,7 @@ class OurSide:
         self.episodes = minimal_eval_episode(fixed_episodes(root, self.val).head(1))
         self.cfg = ProtoNetConfig(
             train_way=N_WAY, k_shot=K_SHOT, n_query=N_QUERY, augment=AUGMENT, image_size=image_size, epochs=1,
-            episodes_per_epoch=episodes, eval_episodes=1, channels_last=channels_last,
+            episodes_per_epoch=episodes, eval_episodes=1, channels_last=channels_last, precision=precision,
         )  # fmt: skip
         self.calls = 0
 
@@ -168,6 +171,7 @@ def measure(image_size: int, episodes: int, repeats: int, quick: bool, with_chan
     sides: dict[str, Any] = {"ours": OurSide(root, image_size, episodes)}
     if with_channels_last:
         sides["ours_channels_last"] = OurSide(root, image_size, episodes, channels_last=True)
+        sides["ours_bf16_channels_last"] = OurSide(root, image_size, episodes, channels_last=True, precision="bf16")
     sides["baseline"] = EasyfslSide(root, image_size, episodes)
     with pinned_threads() as threads:
         for side in sides.values():
@@ -206,6 +210,18 @@ def measure(image_size: int, episodes: int, repeats: int, quick: bool, with_chan
                 "ours with the project's channels_last option vs the same easyfsl run; "
                 f"{cpu_ratio('ours_channels_last')}; {common}",
                 samples={"ours": rate["ours_channels_last"], "baseline": rate["baseline"]},
+            )
+        )
+        rows.append(
+            make_row(
+                f"b1 ProtoNet train {image_size} px (precision=bf16, channels_last=true)",
+                median(rate["ours_bf16_channels_last"]),
+                median(rate["baseline"]),
+                "episodes/s",
+                2.0,
+                "ours with the project's bf16 autocast and channels_last options vs the same fp32 easyfsl run (not "
+                f"the same arithmetic); {cpu_ratio('ours_bf16_channels_last')}; {common}",
+                samples={"ours": rate["ours_bf16_channels_last"], "baseline": rate["baseline"]},
             )
         )
     return rows
