@@ -19,7 +19,9 @@ classes of 60 images, about 100 MB of uint8 pixels). Each trial runs 3 short epo
   on disk (`np.load` of the project's .npz cache, the cheapest way a trial could get its own copy).
 
 The row reports each side's median over trials and epochs of the per-trial USS (the extra resident memory per
-additional trial); the note gives the data set's size, PSS, RSS and how many trials overlapped in time. One
+additional trial); the note gives the data set's size, PSS, RSS and how many trials overlapped in time. The
+target says the data is held once: the own-copy trial's USS exceeds ours by at least 90% of the data set's size
+(then ours holds at most a tenth of it privately). One
 study per side (memory does not depend on load the way time does).
 """
 
@@ -138,21 +140,25 @@ def measure(quick: bool) -> list[Row]:
             f"{overlap[side]} of {trials} trials overlapping"
         )
 
-    extra = median(figures["baseline"]["uss"]) - median(figures["ours"]["uss"])
-    return [
-        make_row(
-            f"b7 memory per extra trial ({trials} concurrent, {image_size} px data)",
-            median(figures["ours"]["uss"]),
-            median(figures["baseline"]["uss"]),
-            "MiB USS",
-            1.0,
-            f"decoded data set {data_mb:.0f} MiB (train + val uint8); a trial that loads its own copy holds "
-            f"{extra:.0f} MiB more private memory; ours: {summary('ours')}; own copy: {summary('baseline')}; "
-            f"medians over trials and epochs, psutil memory_full_info; target: the data held once (ours lower)",
-            higher_is_better=False,
-            samples={"ours": figures["ours"]["uss"], "baseline": figures["baseline"]["uss"]},
-        )
-    ]
+    ours, own = median(figures["ours"]["uss"]), median(figures["baseline"]["uss"])
+    extra = own - ours
+    # Held once: a trial with its own copy must hold at least 90% of the data set more than ours does.
+    target = (ours + 0.9 * data_mb) / ours
+    row = make_row(
+        f"b7 memory per extra trial ({trials} concurrent, {image_size} px data)",
+        ours,
+        own,
+        "MiB USS",
+        target,
+        f"decoded data set {data_mb:.0f} MiB (train + val uint8); a trial that loads its own copy holds "
+        f"{extra:.0f} MiB more private memory, so ours holds about {max(0.0, data_mb - extra):.0f} MiB of the data "
+        f"privately; ours: {summary('ours')}; own copy: {summary('baseline')}; medians over trials and epochs of "
+        "psutil memory_full_info (USS compared; RSS counts the shared data in every trial)",
+        higher_is_better=False,
+        samples={"ours": figures["ours"]["uss"], "baseline": figures["baseline"]["uss"]},
+    )
+    row.target = f">= {target:.2f}x (own copy holds >= 0.9 x the data set more)"
+    return [row]
 
 
 def run(quick: bool) -> list[Row]:

@@ -1,0 +1,62 @@
+"""bench/run_all.py --quick runs benchmarks 4-7 (Ray overhead, search efficiency, BYOL throughput, memory) end to
+end: every row is produced with finite figures. Not a test of speed or of the targets: quick sizes measure nothing.
+Plus the pure helpers those benchmarks count with."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+OURS = ("b4", "b5", "b6", "b7")
+
+
+@pytest.mark.ray
+def test_quick_run_gives_finite_rows_for_benchmarks_4_to_7(tmp_path: Path) -> None:
+    pytest.importorskip("byol_pytorch", reason="the bench extra is not installed (pip install -e '.[bench]')")
+    pytest.importorskip("psutil", reason="the bench extra is not installed (pip install -e '.[bench]')")
+    result = subprocess.run(
+        [sys.executable, "bench/run_all.py", "--quick", "--only", ",".join(OURS), "--results-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "latest.json").read_text())["rows"]
+    for key in OURS:
+        mine = [row for row in rows if row["name"].startswith(f"{key} ")]
+        assert mine, f"no row for {key} in {[row['name'] for row in rows]}"
+        for row in mine:
+            for field in ("ours", "baseline", "ratio"):
+                assert math.isfinite(row[field]) and row[field] > 0, row
+            assert row["target"].startswith(">="), row
+    b6 = [row for row in rows if row["name"].startswith("b6 ")]
+    assert len(b6) == 2, "per-image and as-shipped byol-pytorch baselines"
+    table = (tmp_path / "latest.md").read_text()
+    for row in rows:
+        assert f"| {row['name']} |" in table
+
+
+def test_epochs_until_counts_up_to_the_first_epoch_within_reach() -> None:
+    from bench.b5_study_efficiency import epochs_until
+
+    events = [(1, "a", 1, 0.40), (2, "b", 1, 0.55), (3, "a", 2, 0.61), (4, "b", 2, 0.70)]
+    assert epochs_until(events, 0.60) == (3, True)
+    assert epochs_until(events, 0.70) == (4, True)
+    assert epochs_until(events, 0.71) == (4, False)  # never reached: all epochs, flagged
+
+
+def test_max_overlap_counts_trials_running_at_once() -> None:
+    from bench.b7_memory import max_overlap
+
+    def trial(start: float, end: float) -> list[dict[str, float]]:
+        return [{"timestamp": end, "time_total_s": end - start}]
+
+    assert max_overlap([trial(0, 10), trial(2, 5), trial(4, 12), trial(11, 20)]) == 3
+    assert max_overlap([trial(0, 1), trial(2, 3)]) == 1
