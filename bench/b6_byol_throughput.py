@@ -24,6 +24,9 @@ workers) on both sides.
     draw of the random parameters per batch (every image of a batch gets the same crop, jitter and flip),
     which is less work and less augmentation than per-image parameters.
 
+A third row times the two-view augmentation alone (no network) on one batch: ours against the default
+transform applied per image (and, in the note, per batch as shipped).
+
 Sides alternate every repetition (and which goes first); the table reports medians. The note gives the ratio
 of process CPU times too, which does not count waiting for a core on a loaded machine.
 """
@@ -39,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.common import Row, decoded_split, demo_data, make_row, median, pinned_threads
+from bench.common import Row, decoded_split, demo_data, make_row, median, pinned_threads, time_interleaved
 from fsl.data.augment import to_unit_float
 from fsl.data.decoded import DecodedSplit
 from fsl.train.byol_loop import train_byol
@@ -154,6 +157,36 @@ class LucidrainsSide:
         return Measured(self.steps * self.batch, wall_1 - wall_0, cpu_1 - cpu_0)
 
 
+def augmentation_rates(
+    train: DecodedSplit, image_size: int, batch: int, calls: int, repeats: int
+) -> dict[str, list[float]]:
+    """Images/s of the two-view augmentation alone: ours against byol-pytorch's default, per image and per batch."""
+    import torchvision
+    from byol_pytorch import BYOL
+
+    from fsl.data.byol_augment import byol_views
+
+    x = to_unit_float(torch.from_numpy(np.ascontiguousarray(train.images[:batch])))
+    generator = torch.Generator().manual_seed(0)
+    default = BYOL(torchvision.models.resnet18(weights=None), image_size=image_size, hidden_layer="avgpool").augment1
+    per_image = PerImage(default)
+    views: dict[str, Callable[[], Any]] = {
+        "ours": lambda: byol_views(x, generator),
+        "per_image": lambda: (per_image(x), per_image(x)),
+        "as_shipped": lambda: (default(x), default(x)),
+    }
+
+    def repeated(fn: Callable[[], Any]) -> Callable[[], None]:
+        def call() -> None:
+            for _ in range(calls):
+                fn()
+
+        return call
+
+    seconds = time_interleaved({name: repeated(fn) for name, fn in views.items()}, repeats, warmup=1)
+    return {name: [calls * batch / s for s in times] for name, times in seconds.items()}
+
+
 def probe_split(val: DecodedSplit, classes: int = 5, per_class: int = 8) -> DecodedSplit:
     rows = np.concatenate([np.flatnonzero(val.labels == c)[:per_class] for c in range(classes)])
     return DecodedSplit("probe", val.images[rows], val.labels[rows], val.class_names, tuple(val.ids[r] for r in rows))
@@ -188,6 +221,7 @@ def measure(image_size: int, batch: int, steps: int, repeats: int, quick: bool) 
     }
     with pinned_threads() as threads:
         results = interleaved(sides, repeats)
+        augment_rates = augmentation_rates(train, image_size, batch, 5 if quick else 20, repeats)
     rate = {name: [m.rate for m in ms] for name, ms in results.items()}
     cpu_rate = {name: [m.cpu_rate for m in ms] for name, ms in results.items()}
     shape = (
@@ -207,8 +241,21 @@ def measure(image_size: int, batch: int, steps: int, repeats: int, quick: bool) 
             samples={"ours": rate["ours"], "baseline": rate[baseline]},
         )
 
+    aug = {name: median(rates) for name, rates in augment_rates.items()}
     return [
         row("per_image", "per-image aug", "its default augmentation applied per image (like for like)"),
+        make_row(
+            f"b6 BYOL two-view augmentation alone, {image_size} px vs byol-pytorch (per-image aug)",
+            aug["ours"],
+            aug["per_image"],
+            "images/s",
+            1.5,
+            f"the augmentation part of a step only (both views of a batch of {batch} float images, no network): "
+            f"ours fsl.data.byol_augment.byol_views vs {peer}'s default transform applied per image; as shipped (one "
+            f"draw per batch) {aug['as_shipped']:,.0f} images/s; median of {repeats} interleaved timings, "
+            f"{threads} thread(s)",
+            samples={"ours": augment_rates["ours"], "baseline": augment_rates["per_image"]},
+        ),
         row(
             "as_shipped",
             "as shipped",

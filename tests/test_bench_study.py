@@ -34,10 +34,12 @@ def test_quick_run_gives_finite_rows_for_benchmarks_4_to_7(tmp_path: Path) -> No
         assert mine, f"no row for {key} in {[row['name'] for row in rows]}"
         for row in mine:
             for field in ("ours", "baseline", "ratio"):
-                assert math.isfinite(row[field]) and row[field] > 0, row
+                # b5 counts a study that never came within 1 point of the best as infinitely many epochs.
+                ok = not math.isnan(row[field]) if key == "b5" else math.isfinite(row[field])
+                assert ok and row[field] >= 0, row
             assert row["target"].startswith(">="), row
     b6 = [row for row in rows if row["name"].startswith("b6 ")]
-    assert len(b6) == 2, "per-image and as-shipped byol-pytorch baselines"
+    assert len(b6) == 3, "per-image and as-shipped byol-pytorch baselines, and the augmentation alone"
     table = (tmp_path / "latest.md").read_text()
     for row in rows:
         assert f"| {row['name']} |" in table
