@@ -17,7 +17,7 @@ no augmentation, Euclidean distance, 1 torch thread.
   with the same configuration and data, `report` discarding the metrics (no checkpoint, no tracking).
 
 The fixed overhead is the difference of the medians. It is split, from the trial's own result file, into the
-time before the trial's first epoch started (Tuner, MLflow parent run, the trial's process), inside the trial
+time before the trial's function started (Tuner, MLflow parent run, the trial's process), inside the trial
 (checkpoints and reports, beyond the training itself) and after its last epoch (results table, plot, MLflow
 artifacts); those parts have about 1 s resolution (Tune's result timestamps are whole seconds).
 
@@ -179,10 +179,10 @@ def measure(quick: bool) -> list[Row]:
         "interleaved runs"
     )
     breakdown = (
-        f"fixed overhead {overhead:.1f} s: about {before:.0f} s before the trial's first epoch (Tuner, MLflow parent "
-        f"run, trial process), {trial - loop:.1f} s inside the trial beyond the in-process loop (its time "
-        f"{trial:.1f} s: {sizes.epochs} checkpoints + reports), about {after:.0f} s after its last epoch (results "
-        f"table, plot, MLflow); Ray start {ray_start:.1f} s once per study, not included"
+        f"fixed overhead {overhead:.1f} s: about {before:.0f} s before the trial started (Tuner, MLflow parent "
+        f"run, trial process), the trial itself {trial:.1f} s against the loop's {loop:.1f} s (the difference is "
+        f"{sizes.epochs} checkpoints + reports, and noise), about {after:.0f} s after its last epoch (results table, "
+        f"plot, MLflow); Ray start {ray_start:.1f} s once per study, not included"
     )
     rows = [
         make_row(
