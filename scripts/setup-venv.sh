@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create ./.venv once and install the project with its test tools into it. A rerun with an unchanged
+# Create ./.venv once and install the project with its test and benchmark tools into it. A rerun with an unchanged
 # pyproject.toml and script returns at once (a stamp file records what was installed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +29,7 @@ pip_install() {
 pip_install --upgrade pip
 # torch is pinned and installed first: left to itself pip may fetch a newer (multi-GB) CUDA build.
 pip_install "torch==2.14.1" "torchvision==0.29.1"
-pip_install -e ".[test]"
+# The test tools, and the peers bench/ compares against: the tests run a quick pass of every benchmark.
+pip_install -e ".[test,bench]"
 echo "$want" > "$STAMP"
 echo "Environment ready: $VENV" >&2

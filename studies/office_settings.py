@@ -254,6 +254,12 @@ def run_pretraining(method: str, plan: StudyPlan, arch: str) -> tuple[dict[str, 
     else:
         print(f"Pre-training the {label} backbone first ({plan.settings.study_name!r}, {plan.base.epochs} epochs)")
         outcome = run_study(plan)
+    if outcome.tracking_error:
+        raise ValueError(
+            f"the {label} pre-training {plan.settings.study_name!r} ended, but its best backbone is read from MLflow, "
+            f"which did not answer ({outcome.tracking_error}); once it does, run studies/sync_mlflow.py "
+            f"{plan.settings.study_path} and this command again (the pre-training is reused)"
+        )
     if outcome.best is None or not outcome.best.get("mlflow_run_id"):
         raise ValueError(f"the {label} pre-training {plan.settings.study_name!r} finished no epoch; see above")
     uri = f"runs:/{outcome.best['mlflow_run_id']}/checkpoint/best_model.pt"

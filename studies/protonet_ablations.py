@@ -121,6 +121,13 @@ def print_plan_header(plan: AblationPlan) -> None:
 def report(plan: AblationPlan, outcome) -> int:  # noqa: ANN001
     study = plan.study
     searched = list(study.space)
+    if outcome.tracking_error:
+        print(
+            f"The table scores each cell's best checkpoint, read from MLflow, which did not answer "
+            f"({outcome.tracking_error}). Once it does, run studies/sync_mlflow.py {study.settings.study_path}, "
+            "then this command again with --resume (nothing is trained again)."
+        )
+        return 1
     results = evaluate_cells(plan, outcome)
     rows = []
     for r in results:

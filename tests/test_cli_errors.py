@@ -168,6 +168,12 @@ CASES = [
     ("--param out of range", None, ["--param", "lr=-1"], r"--param lr=-1.0: must be > 0"),
     ("file tracking store", None, ["--tracking-uri", "./mlruns"], r"--tracking-uri='./mlruns': expected a URI"),
     (
+        "tracking server not answering",
+        None,
+        ["--tracking-uri", "http://127.0.0.1:9"],
+        r"--tracking-uri http://127\.0\.0\.1:9: no MLflow server answers \(Connection refused\)",
+    ),
+    (
         "fractional GPUs with DDP",
         None,
         ["--workers-per-trial", "2", "--gpus-per-worker", "0.5"],

@@ -167,6 +167,46 @@ def test_a_stopped_server_is_replayed_by_sync_mlflow_once(tiny_hw4_master: Path,
         server.stop()
 
 
+def test_a_server_back_before_the_study_ends_is_caught_up_by_the_study(tiny_hw4_master: Path, tmp_path: Path):
+    server = start_mlflow_server(tmp_path / "server")
+    port = int(server.url.rsplit(":", 1)[1])
+    client = MlflowClient(server.url)
+    study_path = tmp_path / "results" / "back"
+    log = tmp_path / "study.log"
+    with log.open("w") as out:
+        study = subprocess.Popen(
+            _study_argv(tiny_hw4_master, tmp_path, server.url, "back", samples=6),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env={**os.environ, "RAY_DEDUP_LOGS": "0"},
+        )
+        try:
+            finished = lambda: any(r.info.status == "FINISHED" for r in _children(client))  # noqa: E731
+            _wait_for(finished, 240, "a trial's run to finish in MLflow", study, log)
+            server.stop()
+            # Two more trials start (and report) while the server is away.
+            started = lambda: len(list(study_path.glob("trial-*/result.json"))) >= 3  # noqa: E731
+            _wait_for(started, 240, "two more trials to report", study, log)
+            _wait_for(lambda: "warning: MLflow at" in log.read_text(), 60, "the study to notice", study, log)
+            server = start_mlflow_server(tmp_path / "server", port=port)
+            assert study.wait(timeout=360) == 0, log.read_text()[-3000:]
+        finally:
+            if study.poll() is None:
+                study.kill()
+            server.stop()
+        server = start_mlflow_server(tmp_path / "server", port=port)  # to read what the study logged
+    try:
+        output = log.read_text()
+        assert f"MLflow at {server.url} answers again after" in output
+        assert "studies/sync_mlflow.py" not in output  # nothing was left to replay
+        _check_complete(client, study_path)
+        first = _sync(study_path)
+        assert first.returncode == 0 and "already had study 'back'" in first.stdout, first.stdout + first.stderr
+    finally:
+        server.stop()
+
+
 def test_sync_of_a_folder_that_is_no_study_is_one_line(tmp_path: Path):
     run = _sync(tmp_path)
     assert run.returncode == 2

@@ -21,6 +21,7 @@ import pandas as pd
 from fsl.distributed.train_trial import TrialResources
 from fsl.study.space import Dimension
 from fsl.tracking.summary import RESULTS_CSV, best_row
+from fsl.tracking.uri import check_tracking_server
 from fsl.train.config import TrainConfig
 from fsl.train.entries import Entry
 
@@ -209,6 +210,7 @@ def check_settings(settings: StudySettings) -> None:
         raise ValueError(f"ASHA reduction factor must be >= 2, got {settings.reduction_factor}")
     if settings.address:
         check_ray_address(settings.address)
+    check_tracking_server(settings.tracking_uri)
     check_storage_writable(settings.storage)
     exists = restorable(settings.study_path)
     if settings.resume and not exists:

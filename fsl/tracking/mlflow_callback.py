@@ -15,6 +15,7 @@ lacks.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -74,6 +75,17 @@ def set_driver_env_defaults() -> None:
 def is_locked(err: BaseException) -> bool:
     """SQLite's answer while another connection holds the write lock (e.g. an `mlflow ui` on the same file)."""
     return "database is locked" in str(err)
+
+
+class _DropLockedErrors(logging.Filter):
+    """MLflow logs each failed SQLite query with its traceback before raising it; a lock the study waits out
+    would print a page per retry."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "database is locked" not in record.getMessage()
+
+
+logging.getLogger("mlflow.store.db.utils").addFilter(_DropLockedErrors())
 
 
 def sync_command(study_path: str, tracking_uri: str) -> str:
@@ -475,7 +487,9 @@ class MLflowStudyCallback(Callback):
         self._submit(lambda: self._error(trial))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self._drain(force=True)  # the child run ids go into the results table
+        # The results table names every trial's child run: also those of trials finished before a resume,
+        # which this process has not logged to.
+        self._submit(lambda: [self._find_child(trial.trial_id) for trial in trials], force=True)
         summary = write_study_summary(trials, self, Path(self.results_dir))
         self._submit(lambda: self._finish(trials, summary), force=True)
         if self._queue:
