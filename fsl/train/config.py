@@ -126,9 +126,11 @@ class ProtoNetConfig(TrainConfig):
     lr_step_epochs: int = 0  # StepLR period; 0 = half the epochs
     lr_gamma: float = 0.5
     # bf16: autocast of the training forward pass (weights and optimizer stay float32); channels_last: NHWC
-    # weights and batches. Both for GPU runs; they also work on the CPU.
+    # weights and batches (the same float32 arithmetic in another memory layout). channels_last is on by
+    # default: the Conv4 training step runs at 43% of the machine's fp32 matmul FLOP/s with it against 30%
+    # without (bench/b3, oneDNN on a 2-core CPU), 1.4x the episodes per second (bench/b1).
     precision: str = "fp32"
-    channels_last: bool = False
+    channels_last: bool = True
     # The run's shape.
     epochs: int = 10
     episodes_per_epoch: int = 100
