@@ -20,10 +20,11 @@ same kind of augmentation (random resized crop, horizontal flip, colour jitter 0
 Each side gets one untimed warm-up episode; then K-episode calls alternate between the sides. The note gives
 the ratio of the sides' process CPU times too: on a loaded machine it does not count waiting for a core.
 
+The first row runs ours in the baseline's memory format (fp32 NCHW), so that it measures the data path alone.
 At 84 px two more sides run ours with project options a study can set with --param: `channels_last=true`
-(NHWC weights and batches, the same fp32 arithmetic) and `precision=bf16` with `channels_last=true` (bf16
-autocast of the forward pass, float32 weights; not the baseline's arithmetic). They are separate rows, so that
-the data path's gain is not mixed with the memory format's or the precision's.
+(NHWC weights and batches, the same fp32 arithmetic; ProtoNet's default) and `precision=bf16` with
+`channels_last=true` (bf16 autocast of the forward pass, float32 weights; not the baseline's arithmetic). They
+are separate rows, so that the data path's gain is not mixed with the memory format's or the precision's.
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ def measure(image_size: int, episodes: int, repeats: int, quick: bool, with_chan
     )
     rows = [
         make_row(
-            f"b1 ProtoNet train {image_size} px (fp32)",
+            f"b1 ProtoNet train {image_size} px (fp32, NCHW)",
             median(rate["ours"]),
             median(rate["baseline"]),
             "episodes/s",
@@ -202,12 +203,12 @@ def measure(image_size: int, episodes: int, repeats: int, quick: bool, with_chan
     if with_channels_last:
         rows.append(
             make_row(
-                f"b1 ProtoNet train {image_size} px (channels_last=true)",
+                f"b1 ProtoNet train {image_size} px (channels_last=true, the default)",
                 median(rate["ours_channels_last"]),
                 median(rate["baseline"]),
                 "episodes/s",
                 2.0,
-                "ours with the project's channels_last option vs the same easyfsl run; "
+                "ours with channels_last (ProtoNet's default) vs the same easyfsl run; "
                 f"{cpu_ratio('ours_channels_last')}; {common}",
                 samples={"ours": rate["ours_channels_last"], "baseline": rate["baseline"]},
             )
