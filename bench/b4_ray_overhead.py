@@ -22,9 +22,12 @@ time before the trial's function started (Tuner, MLflow parent run, the trial's 
 artifacts); those parts have about 1 s resolution (Tune's result timestamps are whole seconds).
 
 A second row extrapolates the measured overhead to a 2-minute trial of the same 8 epochs (120 s of training
-plus the overhead): it is computed, not run. With BENCH_B4_DDP=1 a third row runs the trial as 2 Ray Train
-workers (DDP, gloo, 1 thread each: twice the cores of the baseline for the same episodes), once (about a minute
-more on a loaded 2-core machine, so it is not run by default).
+plus the overhead): it is computed, not run. BENCH_B4_EPISODES (training episodes per epoch, default 2) and
+BENCH_B4_REPEATS (default 3) size the measured trial: 40 episodes make it about 2 minutes long.
+
+With BENCH_B4_DDP=1 a third row runs the trial as 2 Ray Train workers (DDP, gloo, 1 thread each: twice the cores
+of the baseline for the same episodes), once (about a minute more on a loaded 2-core machine, so it is not run
+by default).
 
 The two sides alternate every repetition (and which goes first); medians are reported. Ray daemons stay up
 (idle) during the in-process runs too.
@@ -100,10 +103,12 @@ class Sizes:
     def __init__(self, quick: bool) -> None:
         self.quick = quick
         self.epochs = 2 if quick else 8
-        self.episodes = 1 if quick else 2  # even: a 2-worker DDP trial splits them without rounding up
+        # Even: a 2-worker DDP trial splits them without rounding up. BENCH_B4_EPISODES=40 BENCH_B4_REPEATS=1
+        # makes the trial about 2 minutes long on a 2-core CPU: the measurement, run instead of computed.
+        self.episodes = 1 if quick else int(os.environ.get("BENCH_B4_EPISODES", "2"))
         self.eval_episodes = 30 if quick else 600
         self.image_size = 16 if quick else 32
-        self.repeats = 1 if quick else 3
+        self.repeats = 1 if quick else int(os.environ.get("BENCH_B4_REPEATS", "3"))
 
     def data(self) -> Path:
         if self.quick:
