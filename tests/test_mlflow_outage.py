@@ -56,6 +56,17 @@ def _wait_for(condition, timeout_s: float, what: str, process: subprocess.Popen,
     raise AssertionError(f"timed out waiting for {what}:\n{log.read_text()[-3000:]}")
 
 
+def _launch(argv: list[str], cwd: Path, out) -> subprocess.Popen:  # noqa: ANN001
+    return subprocess.Popen(
+        argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env={**os.environ, "RAY_DEDUP_LOGS": "0"}
+    )
+
+
+def _wait_for_a_finished_run(client: MlflowClient, study: subprocess.Popen, log: Path) -> None:
+    finished = lambda: any(r.info.status == "FINISHED" for r in _children(client))  # noqa: E731
+    _wait_for(finished, 240, "a trial's run to finish in MLflow", study, log)
+
+
 def _artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> list[tuple[str, int | None]]:
     found = []
     for item in client.list_artifacts(run_id, path):
@@ -126,16 +137,9 @@ def test_a_stopped_server_is_replayed_by_sync_mlflow_once(tiny_hw4_master: Path,
     client = MlflowClient(server.url)
     log = tmp_path / "study.log"
     with log.open("w") as out:
-        study = subprocess.Popen(
-            _study_argv(tiny_hw4_master, tmp_path, server.url, "outage"),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-            env={**os.environ, "RAY_DEDUP_LOGS": "0"},
-        )
+        study = _launch(_study_argv(tiny_hw4_master, tmp_path, server.url, "outage"), tmp_path, out)
         try:
-            finished = lambda: any(r.info.status == "FINISHED" for r in _children(client))  # noqa: E731
-            _wait_for(finished, 240, "a trial's run to finish in MLflow", study, log)
+            _wait_for_a_finished_run(client, study, log)
             server.stop()  # the tracking server goes away mid-study
             assert study.wait(timeout=360) == 0, log.read_text()[-3000:]
         finally:
@@ -174,16 +178,9 @@ def test_a_server_back_before_the_study_ends_is_caught_up_by_the_study(tiny_hw4_
     study_path = tmp_path / "results" / "back"
     log = tmp_path / "study.log"
     with log.open("w") as out:
-        study = subprocess.Popen(
-            _study_argv(tiny_hw4_master, tmp_path, server.url, "back", samples=6),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-            env={**os.environ, "RAY_DEDUP_LOGS": "0"},
-        )
+        study = _launch(_study_argv(tiny_hw4_master, tmp_path, server.url, "back", samples=6), tmp_path, out)
         try:
-            finished = lambda: any(r.info.status == "FINISHED" for r in _children(client))  # noqa: E731
-            _wait_for(finished, 240, "a trial's run to finish in MLflow", study, log)
+            _wait_for_a_finished_run(client, study, log)
             server.stop()
             # Two more trials start (and report) while the server is away.
             started = lambda: len(list(study_path.glob("trial-*/result.json"))) >= 3  # noqa: E731

@@ -29,7 +29,7 @@ from mlflow.entities import Metric, Param, RunTag
 from ray.tune import Callback
 
 from fsl.tracking.summary import StudySummary, error_line, write_study_summary
-from fsl.tracking.uri import artifact_location_for, failure_reason
+from fsl.tracking.uri import artifact_location_for, failure_reason, tracking_server_problem
 from fsl.train.run_state import DIVERGED
 
 # Logged per epoch (step = epoch) on every child run, those a trial reports: the same names in every study.
@@ -159,7 +159,7 @@ class MLflowStudyCallback(Callback):
         self.parent_run_id: str | None = None
         self._children: dict[str, str] = {}  # trial id -> child run id
         self._last_step: dict[str, int] = {}  # child run id -> last epoch logged
-        self._run_status: dict[str, str] = {}  # run id -> its MLflow status, as last seen or set
+        self._run_status: dict[str, str] = {}  # child run id -> its MLflow status, as last seen or set
         self._reconciled = False
         self._queue: deque[Callable[[], None]] = deque()  # tracking actions not yet done
         self._offline_since: float | None = None
@@ -167,7 +167,7 @@ class MLflowStudyCallback(Callback):
         self._lock_warned = False
         self._seen: dict[str, dict[int, float]] = {}  # trial id -> {epoch: metric}, as reported to this process
         self.replaying = False  # run by fsl.tracking.sync: only add what is missing, never reopen a run
-        self.counts = {"children": 0, "epochs": 0, "closed": 0, "parent": 0}
+        self.counts = {"children": 0, "epochs": 0, "closed": 0}  # what this process added (a replay reports it)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -202,10 +202,8 @@ class MLflowStudyCallback(Callback):
         found = find_study_run(self.client, self.experiment_id, self.study_path)
         if found is not None:
             self.parent_run_id = found
-            self._run_status[found] = self.client.get_run(found).info.status
-            if not self.replaying and self._run_status[found] != "RUNNING":
+            if not self.replaying and self.client.get_run(found).info.status != "RUNNING":
                 self.client.update_run(found, status="RUNNING")  # a resumed study runs again
-                self._run_status[found] = "RUNNING"
             return found
         tags = {ROLE_TAG: "study", STUDY_TAG: self.study_name, STUDY_PATH_TAG: self.study_path, **self.tags}
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=self.study_name)
@@ -217,8 +215,6 @@ class MLflowStudyCallback(Callback):
         )
         # Only now: a parent whose params failed to log is found (and completed) on the next try.
         self.parent_run_id = run.info.run_id
-        self._run_status[self.parent_run_id] = "RUNNING"
-        self.counts["parent"] += 1
         return self.parent_run_id
 
     def _find_child(self, trial_id: str) -> str | None:
@@ -350,7 +346,6 @@ class MLflowStudyCallback(Callback):
             )
         if run.info.status != "FINISHED":
             self.client.set_terminated(parent, "FINISHED")
-            self._run_status[parent] = "FINISHED"
 
     # --- the queue: actions run in order, retried while the store is locked or away --------------------
 
@@ -367,7 +362,8 @@ class MLflowStudyCallback(Callback):
             if not force and time.monotonic() - self._last_attempt < RETRY_S:
                 return False
             self._last_attempt = time.monotonic()
-            if not self._answers():
+            # A quick look first: MLflow's own request retries are slow.
+            if tracking_server_problem(self.tracking_uri, timeout_s=3) is not None:
                 return False
         while self._queue:
             try:
@@ -416,17 +412,6 @@ class MLflowStudyCallback(Callback):
                 file=sys.stderr,
                 flush=True,
             )
-
-    def _answers(self) -> bool:
-        """A quick look at a tracking server before the queue is retried (MLflow's own retries are slow)."""
-        if not self.tracking_uri.startswith(("http://", "https://")):
-            return True
-        import requests
-
-        try:
-            return requests.get(f"{self.tracking_uri.rstrip('/')}/health", timeout=3).ok
-        except requests.RequestException:
-            return False
 
     @property
     def pending(self) -> int:

@@ -33,29 +33,34 @@ def resolve_tracking_uri(flag: str | None, cwd: Path | None = None) -> str:
     return uri
 
 
-def check_tracking_server(uri: str, timeout_s: float = 10.0) -> None:
-    """A tracking server must answer when a study starts: a wrong address or a server not started is one line
-    before any work, rather than a study that runs without tracking. (A server that stops later is retried and
-    replayed: fsl.tracking.mlflow_callback, studies/sync_mlflow.py.) Other stores need no server."""
+def tracking_server_problem(uri: str, timeout_s: float) -> str | None:
+    """Why the tracking server at uri does not answer GET /health within timeout_s, in a few words; None when it
+    answers, or when the store is not a server (SQLite and databases need none)."""
     if not uri.startswith(("http://", "https://")):
-        return
+        return None
     import urllib.error
     import urllib.request
 
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
-            if response.status == 200:
-                return
-            problem = f"/health answered HTTP {response.status}"
+            return None if response.status == 200 else f"/health answered HTTP {response.status}"
     except urllib.error.HTTPError as err:
-        problem = f"/health answered HTTP {err.code}"
+        return f"/health answered HTTP {err.code}"
     except (OSError, ValueError) as err:  # refused, unknown host, timed out, a malformed URL
         reason = getattr(err, "reason", err)
-        problem = failure_reason(reason) if isinstance(reason, BaseException) else str(reason)
-    raise ValueError(
-        f"--tracking-uri {uri}: no MLflow server answers ({problem}); start one (mlflow server --host 127.0.0.1 "
-        "--port 5000 --backend-store-uri sqlite:////abs/path/mlflow.db) or give another URI"
-    )
+        return failure_reason(reason) if isinstance(reason, BaseException) else str(reason)
+
+
+def check_tracking_server(uri: str, timeout_s: float = 10.0) -> None:
+    """A tracking server must answer when a study starts: a wrong address or a server not started is one line
+    before any work, rather than a study that runs without tracking. (A server that stops later is retried and
+    replayed: fsl.tracking.mlflow_callback, studies/sync_mlflow.py.)"""
+    problem = tracking_server_problem(uri, timeout_s)
+    if problem is not None:
+        raise ValueError(
+            f"--tracking-uri {uri}: no MLflow server answers ({problem}); start one (mlflow server --host "
+            "127.0.0.1 --port 5000 --backend-store-uri sqlite:////abs/path/mlflow.db) or give another URI"
+        )
 
 
 def failure_reason(err: BaseException) -> str:
