@@ -25,11 +25,17 @@ At 84 px two more sides run ours with project options a study can set with --par
 (NHWC weights and batches, the same fp32 arithmetic; ProtoNet's default) and `precision=bf16` with
 `channels_last=true` (bf16 autocast of the forward pass, float32 weights; not the baseline's arithmetic). They
 are separate rows, so that the data path's gain is not mixed with the memory format's or the precision's.
+
+With BENCH_DEVICE=cuda both sides train on the GPU (ours keeps the decoded split on the GPU and augments
+there; easyfsl's loader still opens the PNG files with PIL on the CPU and the batches are copied over), with
+100-episode calls. One more baseline then runs easyfsl with DataLoader worker processes (persistent, one per
+core up to 8), as a GPU user of it would; its row says so.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -40,21 +46,25 @@ from torch import nn
 
 from bench.common import (
     Row,
+    bench_device,
     decoded_split,
     demo_data,
     fixed_episodes,
     make_row,
     median,
     pinned_threads,
+    synchronize,
     time_interleaved,
 )
 from fsl.data.episodes import FixedEpisodes
 from fsl.models.conv4 import Conv4
 from fsl.train.config import ProtoNetConfig
+from fsl.train.parallel import Placement
 from fsl.train.protonet_loop import train_protonet
 
 N_WAY, K_SHOT, N_QUERY = 5, 1, 15
 AUGMENT = "flip+crop+color"
+CPU = torch.device("cpu")
 
 
 def easyset_specs(root: Path, split: str) -> Path:
@@ -101,31 +111,47 @@ def task_sampler_class() -> type:
 class EasyfslSide:
     """easyfsl's way: EasySet (PIL per access) + TaskSampler in a DataLoader + PrototypicalNetworks."""
 
-    def __init__(self, root: Path, image_size: int, episodes: int) -> None:
+    def __init__(
+        self, root: Path, image_size: int, episodes: int, device: torch.device = CPU, workers: int = 0
+    ) -> None:
         from easyfsl.datasets import EasySet
         from easyfsl.methods import PrototypicalNetworks
 
         self.dataset = EasySet(easyset_specs(root, "train"), image_size=image_size, training=True)
         self.sampler_cls = task_sampler_class()
-        self.episodes = episodes
+        self.episodes, self.device, self.workers = episodes, device, workers
+        self.loaders: dict[int, Any] = {}
         torch.manual_seed(0)
-        self.model = PrototypicalNetworks(Conv4())
+        self.model = PrototypicalNetworks(Conv4()).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.criterion = nn.CrossEntropyLoss()
 
-    def __call__(self, episodes: int | None = None) -> None:
+    def loader(self, n_tasks: int) -> Any:
+        """One DataLoader per episode count, kept: with workers they persist across calls (as in a user's
+        training loop over epochs), so their start-up is paid once, in the warm-up call."""
         from torch.utils.data import DataLoader
 
-        n_tasks = episodes or self.episodes
-        sampler = self.sampler_cls(self.dataset, n_way=N_WAY, n_shot=K_SHOT, n_query=N_QUERY, n_tasks=n_tasks)
-        loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=0, collate_fn=sampler.episodic_collate_fn)
+        if n_tasks not in self.loaders:
+            sampler = self.sampler_cls(self.dataset, n_way=N_WAY, n_shot=K_SHOT, n_query=N_QUERY, n_tasks=n_tasks)
+            self.loaders[n_tasks] = DataLoader(
+                self.dataset,
+                batch_sampler=sampler,
+                num_workers=self.workers,
+                persistent_workers=self.workers > 0,
+                collate_fn=sampler.episodic_collate_fn,
+            )
+        return self.loaders[n_tasks]
+
+    def __call__(self, episodes: int | None = None) -> None:
         self.model.train()
-        for support_images, support_labels, query_images, query_labels, _ in loader:
+        to = self.device
+        for support_images, support_labels, query_images, query_labels, _ in self.loader(episodes or self.episodes):
             self.optimizer.zero_grad()
-            self.model.process_support_set(support_images, support_labels)
-            loss = self.criterion(self.model(query_images), query_labels)
+            self.model.process_support_set(support_images.to(to), support_labels.to(to))
+            loss = self.criterion(self.model(query_images.to(to)), query_labels.to(to))
             loss.backward()
             self.optimizer.step()
+        synchronize(self.device)
 
 
 def minimal_eval_episode(episodes: FixedEpisodes) -> FixedEpisodes:
@@ -142,7 +168,13 @@ class OurSide:
     """The project's training loop, one epoch of `episodes` episodes per call."""
 
     def __init__(
-        self, root: Path, image_size: int, episodes: int, channels_last: bool = False, precision: str = "fp32"
+        self,
+        root: Path,
+        image_size: int,
+        episodes: int,
+        channels_last: bool = False,
+        precision: str = "fp32",
+        device: torch.device = CPU,
     ) -> None:
         started = time.perf_counter()
         self.train = decoded_split(root, "train", image_size)
@@ -154,29 +186,43 @@ class OurSide:
             episodes_per_epoch=episodes, eval_episodes=1, channels_last=channels_last, precision=precision,
         )  # fmt: skip
         self.calls = 0
+        self.placement = Placement(device)
 
     def __call__(self, episodes: int | None = None) -> None:
         # Another seed every call, so each call trains on other episodes (as the baseline's sampler does).
         self.calls += 1
         cfg = self.cfg.replace(seed=self.calls, episodes_per_epoch=episodes or self.cfg.episodes_per_epoch)
-        metrics = train_protonet(cfg, self.train, self.val, self.episodes, lambda metrics, state: None)
+        metrics = train_protonet(cfg, self.train, self.val, self.episodes, lambda metrics, state: None, self.placement)
         if not np.isfinite(metrics["train_loss"]):
             raise RuntimeError(f"our loop's loss is not finite: {metrics}")
 
 
+def gpu_workers() -> int:
+    """easyfsl's DataLoader workers for the extra GPU baseline: one per core, at most 8."""
+    return min(8, os.cpu_count() or 1)
+
+
 def measure(image_size: int, episodes: int, repeats: int, quick: bool, with_channels_last: bool) -> list[Row]:
+    device = bench_device()
+    on = "" if device.type == "cpu" else f" on {device.type}"
     if quick:
         root = demo_data(image_size, n_train_classes=8, n_val_classes=5, images_per_class=20)
     else:
         root = demo_data(image_size)
-    sides: dict[str, Any] = {"ours": OurSide(root, image_size, episodes)}
+    sides: dict[str, Any] = {"ours": OurSide(root, image_size, episodes, device=device)}
     if with_channels_last:
-        sides["ours_channels_last"] = OurSide(root, image_size, episodes, channels_last=True)
-        sides["ours_bf16_channels_last"] = OurSide(root, image_size, episodes, channels_last=True, precision="bf16")
-    sides["baseline"] = EasyfslSide(root, image_size, episodes)
+        sides["ours_channels_last"] = OurSide(root, image_size, episodes, channels_last=True, device=device)
+        sides["ours_bf16_channels_last"] = OurSide(
+            root, image_size, episodes, channels_last=True, precision="bf16", device=device
+        )
+    sides["baseline"] = EasyfslSide(root, image_size, episodes, device)
+    if device.type == "cuda":
+        sides["baseline_workers"] = EasyfslSide(root, image_size, episodes, device, workers=gpu_workers())
     with pinned_threads() as threads:
         for side in sides.values():
-            side(episodes=1)  # warm-up: one episode each
+            # Warm-up: one episode each on the CPU; a whole call on a GPU (CUDA and cuDNN set-up, and the
+            # persistent workers' start).
+            side(episodes=1 if device.type == "cpu" else None)
         cpu: dict[str, list[float]] = {}
         times = time_interleaved(sides, repeats, warmup=0, cpu_times=cpu)
     rate = {name: [episodes / s for s in seconds] for name, seconds in times.items()}
@@ -186,11 +232,11 @@ def measure(image_size: int, episodes: int, repeats: int, quick: bool, with_chan
 
     common = (
         f"{N_WAY}-way {K_SHOT}-shot {N_QUERY}-query, {image_size} px, augment {AUGMENT}, {threads} thread(s), "
-        f"0 workers; median of {repeats} interleaved calls of {episodes} episodes"
+        f"0 workers; median of {repeats} interleaved calls of {episodes} episodes; device {device}"
     )
     rows = [
         make_row(
-            f"b1 ProtoNet train {image_size} px (fp32, NCHW)",
+            f"b1 ProtoNet train {image_size} px{on} (fp32, NCHW)",
             median(rate["ours"]),
             median(rate["baseline"]),
             "episodes/s",
@@ -203,7 +249,7 @@ def measure(image_size: int, episodes: int, repeats: int, quick: bool, with_chan
     if with_channels_last:
         rows.append(
             make_row(
-                f"b1 ProtoNet train {image_size} px (channels_last=true, the default)",
+                f"b1 ProtoNet train {image_size} px{on} (channels_last=true, the default)",
                 median(rate["ours_channels_last"]),
                 median(rate["baseline"]),
                 "episodes/s",
@@ -215,7 +261,7 @@ def measure(image_size: int, episodes: int, repeats: int, quick: bool, with_chan
         )
         rows.append(
             make_row(
-                f"b1 ProtoNet train {image_size} px (precision=bf16, channels_last=true)",
+                f"b1 ProtoNet train {image_size} px{on} (precision=bf16, channels_last=true)",
                 median(rate["ours_bf16_channels_last"]),
                 median(rate["baseline"]),
                 "episodes/s",
@@ -225,12 +271,32 @@ def measure(image_size: int, episodes: int, repeats: int, quick: bool, with_chan
                 samples={"ours": rate["ours_bf16_channels_last"], "baseline": rate["baseline"]},
             )
         )
+    if "baseline_workers" in sides:
+        best = "ours_channels_last" if with_channels_last else "ours"
+        rows.append(
+            make_row(
+                f"b1 ProtoNet train {image_size} px{on} vs easyfsl with {gpu_workers()} DataLoader workers",
+                median(rate[best]),
+                median(rate["baseline_workers"]),
+                "episodes/s",
+                2.0 if image_size >= 84 else 1.0,
+                f"ours ({'channels_last, ' if with_channels_last else ''}fp32, one process) vs easyfsl loading with "
+                f"{gpu_workers()} persistent DataLoader worker processes (PIL in parallel on {gpu_workers()} cores); "
+                f"{common.replace('0 workers', 'baseline with workers')}",
+                samples={"ours": rate[best], "baseline": rate["baseline_workers"]},
+            )
+        )
     return rows
 
 
 def run(quick: bool) -> list[Row]:
     if quick:
         return measure(32, episodes=2, repeats=2, quick=True, with_channels_last=False)
+    if bench_device().type == "cuda":
+        # An episode takes milliseconds on a GPU: time whole 100-episode epochs, as a study runs them.
+        return measure(84, episodes=100, repeats=3, quick=False, with_channels_last=True) + measure(
+            32, episodes=100, repeats=3, quick=False, with_channels_last=False
+        )
     return measure(84, episodes=2, repeats=3, quick=False, with_channels_last=True) + measure(
         32, episodes=10, repeats=5, quick=False, with_channels_last=False
     )

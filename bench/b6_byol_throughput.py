@@ -29,6 +29,9 @@ transform applied per image (and, in the note, per batch as shipped).
 
 Sides alternate every repetition (and which goes first); the table reports medians. The note gives the ratio
 of process CPU times too, which does not count waiting for a core on a loaded machine.
+
+With BENCH_DEVICE=cuda both sides train on the GPU with the images there (each side augments on the GPU), at
+the HW4 study's scale instead: ResNet-50, 84 px, batch 256, 10 timed steps.
 """
 
 from __future__ import annotations
@@ -42,13 +45,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.common import Row, decoded_split, demo_data, make_row, median, pinned_threads, time_interleaved
+from bench.common import (
+    Row,
+    bench_device,
+    decoded_split,
+    demo_data,
+    make_row,
+    median,
+    pinned_threads,
+    synchronize,
+    time_interleaved,
+)
 from fsl.data.augment import to_unit_float
 from fsl.data.decoded import DecodedSplit
 from fsl.train.byol_loop import train_byol
 from fsl.train.config import BYOLConfig
+from fsl.train.parallel import Placement
 
-ARCH = "resnet18"
 LR, WEIGHT_DECAY = 3e-4, 1e-6
 HEAD_WIDTH, PROJECTION_DIM = 4096, 256
 
@@ -71,10 +84,19 @@ class Measured:
 class OurSide:
     """train_byol for 2 epochs of `steps` steps; the second epoch is timed."""
 
-    def __init__(self, train: DecodedSplit, probe: DecodedSplit, image_size: int, batch: int, steps: int) -> None:
-        self.train, self.probe = train, probe
+    def __init__(
+        self,
+        train: DecodedSplit,
+        probe: DecodedSplit,
+        arch: str,
+        image_size: int,
+        batch: int,
+        steps: int,
+        device: torch.device,
+    ) -> None:
+        self.train, self.probe, self.placement = train, probe, Placement(device)
         self.cfg = BYOLConfig(
-            lr=LR, weight_decay=WEIGHT_DECAY, arch=ARCH, batch_size=batch, head_width=HEAD_WIDTH,
+            lr=LR, weight_decay=WEIGHT_DECAY, arch=arch, batch_size=batch, head_width=HEAD_WIDTH,
             projection_dim=PROJECTION_DIM, image_size=image_size, epochs=2, steps_per_epoch=steps,
             schedule="none", probe_k=5,
         )  # fmt: skip
@@ -89,7 +111,7 @@ class OurSide:
             marks.append((time.perf_counter(), time.process_time()))
             losses.append(float(metrics["byol_loss"]))
 
-        train_byol(self.cfg.replace(seed=self.calls), self.train, self.probe, report)
+        train_byol(self.cfg.replace(seed=self.calls), self.train, self.probe, report, self.placement)
         if not all(math.isfinite(loss) for loss in losses):
             raise RuntimeError(f"our BYOL loss is not finite: {losses}")
         (wall_0, cpu_0), (wall_1, cpu_1) = marks
@@ -110,9 +132,19 @@ class PerImage(nn.Module):
 class LucidrainsSide:
     """byol-pytorch's BYOL with its default augmentation, per batch (as shipped) or per image."""
 
-    def __init__(self, train: DecodedSplit, image_size: int, batch: int, steps: int, per_image: bool) -> None:
-        self.images = torch.from_numpy(np.ascontiguousarray(train.images))
-        self.image_size, self.batch, self.steps, self.per_image = image_size, batch, steps, per_image
+    def __init__(
+        self,
+        train: DecodedSplit,
+        arch: str,
+        image_size: int,
+        batch: int,
+        steps: int,
+        per_image: bool,
+        device: torch.device,
+    ) -> None:
+        self.images = torch.from_numpy(np.ascontiguousarray(train.images)).to(device)
+        self.arch, self.image_size, self.batch, self.steps, self.per_image = arch, image_size, batch, steps, per_image
+        self.device = device
         self.calls = 0
 
     def learner(self) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -120,7 +152,7 @@ class LucidrainsSide:
         from byol_pytorch import BYOL
 
         learner = BYOL(
-            torchvision.models.resnet18(weights=None),
+            getattr(torchvision.models, self.arch)(weights=None),
             image_size=self.image_size,
             hidden_layer="avgpool",
             projection_size=PROJECTION_DIM,
@@ -129,6 +161,7 @@ class LucidrainsSide:
         if self.per_image:
             # The same default transform object, applied image by image (augment2 defaults to augment1).
             learner.augment1 = learner.augment2 = PerImage(learner.augment1)
+        learner.to(self.device)
         optimizer = torch.optim.Adam(learner.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
         return learner, optimizer
 
@@ -139,18 +172,19 @@ class LucidrainsSide:
         rng = np.random.default_rng(self.calls)
         order = rng.permutation(len(self.images))
 
-        def step(i: int) -> float:
-            rows = torch.as_tensor(order[(i * self.batch) % len(order) :][: self.batch])
+        def step(i: int) -> torch.Tensor:
+            rows = torch.as_tensor(order[(i * self.batch) % len(order) :][: self.batch], device=self.device)
             loss = learner(to_unit_float(self.images.index_select(0, rows)))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             learner.update_moving_average()
-            return float(loss.detach())
+            return loss.detach()  # read once at the end: reading it every step would stall a GPU
 
         step(0)  # warm-up
+        synchronize(self.device)
         wall_0, cpu_0 = time.perf_counter(), time.process_time()
-        losses = [step(i) for i in range(1, self.steps + 1)]
+        losses = torch.stack([step(i) for i in range(1, self.steps + 1)]).tolist()
         wall_1, cpu_1 = time.perf_counter(), time.process_time()
         if not all(math.isfinite(loss) for loss in losses):
             raise RuntimeError(f"byol-pytorch's loss is not finite: {losses}")
@@ -158,7 +192,7 @@ class LucidrainsSide:
 
 
 def augmentation_rates(
-    train: DecodedSplit, image_size: int, batch: int, calls: int, repeats: int
+    train: DecodedSplit, image_size: int, batch: int, calls: int, repeats: int, device: torch.device
 ) -> dict[str, list[float]]:
     """Images/s of the two-view augmentation alone: ours against byol-pytorch's default, per image and per batch."""
     import torchvision
@@ -166,8 +200,8 @@ def augmentation_rates(
 
     from fsl.data.byol_augment import byol_views
 
-    x = to_unit_float(torch.from_numpy(np.ascontiguousarray(train.images[:batch])))
-    generator = torch.Generator().manual_seed(0)
+    x = to_unit_float(torch.from_numpy(np.ascontiguousarray(train.images[:batch])).to(device))
+    generator = torch.Generator(device=device).manual_seed(0)
     default = BYOL(torchvision.models.resnet18(weights=None), image_size=image_size, hidden_layer="avgpool").augment1
     per_image = PerImage(default)
     views: dict[str, Callable[[], Any]] = {
@@ -180,6 +214,7 @@ def augmentation_rates(
         def call() -> None:
             for _ in range(calls):
                 fn()
+            synchronize(device)
 
         return call
 
@@ -202,7 +237,7 @@ def interleaved(sides: dict[str, Callable[[], Measured]], repeats: int) -> dict[
     return out
 
 
-def measure(image_size: int, batch: int, steps: int, repeats: int, quick: bool) -> list[Row]:
+def measure(arch: str, image_size: int, batch: int, steps: int, repeats: int, quick: bool) -> list[Row]:
     from importlib.metadata import version
 
     import byol_pytorch  # noqa: F401  (the bench extra: fail here, as one row, when it is missing)
@@ -214,25 +249,27 @@ def measure(image_size: int, batch: int, steps: int, repeats: int, quick: bool) 
         root = demo_data(image_size)
     train = decoded_split(root, "train", image_size)
     probe = probe_split(decoded_split(root, "val", image_size))
+    device = bench_device()
+    on = "" if device.type == "cpu" else f" on {device.type}"
     sides: dict[str, Callable[[], Measured]] = {
-        "ours": OurSide(train, probe, image_size, batch, steps),
-        "per_image": LucidrainsSide(train, image_size, batch, steps, per_image=True),
-        "as_shipped": LucidrainsSide(train, image_size, batch, steps, per_image=False),
+        "ours": OurSide(train, probe, arch, image_size, batch, steps, device),
+        "per_image": LucidrainsSide(train, arch, image_size, batch, steps, per_image=True, device=device),
+        "as_shipped": LucidrainsSide(train, arch, image_size, batch, steps, per_image=False, device=device),
     }
     with pinned_threads() as threads:
         results = interleaved(sides, repeats)
-        augment_rates = augmentation_rates(train, image_size, batch, 5 if quick else 20, repeats)
+        augment_rates = augmentation_rates(train, image_size, batch, 5 if quick else 20, repeats, device)
     rate = {name: [m.rate for m in ms] for name, ms in results.items()}
     cpu_rate = {name: [m.cpu_rate for m in ms] for name, ms in results.items()}
     shape = (
-        f"{ARCH}, {image_size} px, batch {batch}, heads {HEAD_WIDTH}->{PROJECTION_DIM}, Adam {LR:g}, {threads} "
-        f"thread(s), 0 workers; median of {repeats} interleaved runs of {steps} timed steps"
+        f"{arch}, {image_size} px, batch {batch}, heads {HEAD_WIDTH}->{PROJECTION_DIM}, Adam {LR:g}, {threads} "
+        f"thread(s), 0 workers; median of {repeats} interleaved runs of {steps} timed steps; device {device}"
     )
 
     def row(baseline: str, label: str, what: str) -> Row:
         cpu_ratio = median(cpu_rate["ours"]) / median(cpu_rate[baseline])
         return make_row(
-            f"b6 BYOL train {ARCH} {image_size} px vs byol-pytorch ({label})",
+            f"b6 BYOL train {arch} {image_size} px{on} vs byol-pytorch ({label})",
             median(rate["ours"]),
             median(rate[baseline]),
             "images/s",
@@ -245,7 +282,7 @@ def measure(image_size: int, batch: int, steps: int, repeats: int, quick: bool) 
     return [
         row("per_image", "per-image aug", "its default augmentation applied per image (like for like)"),
         make_row(
-            f"b6 BYOL two-view augmentation alone, {image_size} px vs byol-pytorch (per-image aug)",
+            f"b6 BYOL two-view augmentation alone, {image_size} px{on} vs byol-pytorch (per-image aug)",
             aug["ours"],
             aug["per_image"],
             "images/s",
@@ -266,8 +303,10 @@ def measure(image_size: int, batch: int, steps: int, repeats: int, quick: bool) 
 
 def run(quick: bool) -> list[Row]:
     if quick:
-        return measure(16, batch=8, steps=2, repeats=1, quick=True)
-    return measure(32, batch=64, steps=3, repeats=3, quick=False)
+        return measure("resnet18", 16, batch=8, steps=2, repeats=1, quick=True)
+    if bench_device().type == "cuda":
+        return measure("resnet50", 84, batch=256, steps=10, repeats=3, quick=False)
+    return measure("resnet18", 32, batch=64, steps=3, repeats=3, quick=False)
 
 
 if __name__ == "__main__":

@@ -112,6 +112,23 @@ def time_interleaved(
     return times
 
 
+def bench_device() -> torch.device:
+    """Where the benchmarks that can use an accelerator (b1, b6) train both sides: $BENCH_DEVICE, else the CPU.
+
+    On "cuda" both sides' models and batches live on the GPU; each side's data path stays what it is (easyfsl's
+    PIL loading runs on the CPU, as it would for a user of it)."""
+    device = torch.device(os.environ.get("BENCH_DEVICE", "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"BENCH_DEVICE={device}: CUDA is not available here")
+    return device
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a wall-clock timing covers it (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def bench_threads() -> int:
     """Threads both sides use: $BENCH_THREADS, else DEFAULT_THREADS."""
     return int(os.environ.get("BENCH_THREADS", DEFAULT_THREADS))
@@ -199,5 +216,7 @@ def machine_description() -> dict[str, Any]:
         "torch_default_threads": torch.get_num_threads(),
         "bench_threads": bench_threads(),
         "cuda": torch.cuda.is_available(),
+        "bench_device": str(bench_device()),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_average_1_5_15min": [round(x, 2) for x in load],
     }
