@@ -62,9 +62,13 @@ def ray_session(num_cpus: int = 4) -> float:
 
     if ray.is_initialized():
         return 0.0
+    from fsl.distributed.worker_env import worker_env_vars
+
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     started = time.perf_counter()
-    ray.init(address="local", num_cpus=num_cpus, log_to_driver=False)
+    # The workers' environment a study's own start_ray gives them (the allocator settings).
+    runtime_env = {"env_vars": worker_env_vars()}
+    ray.init(address="local", num_cpus=num_cpus, log_to_driver=False, runtime_env=runtime_env)
     atexit.register(ray.shutdown)
     return time.perf_counter() - started
 

@@ -8,11 +8,10 @@ distance and train_way, 8 epochs, 2 trials at a time as the default study runs o
 
 - ours: the plan as the project builds it: Optuna TPE seeded with the study's seed (the paper's recipe as the
   first trial, then TPE's random start-up trials, then TPE), and ASHA (grace period 2 epochs, reduction factor 2).
-- baseline: the same plan with `early_stopping=False` (Tune's FIFO scheduler: every trial runs all its epochs)
-  and Optuna's `RandomSampler` seeded with the same seed (no recipe first), put in place of the project's
-  searcher for the duration of the call (`fsl.study.runner._searcher` is patched in this process only;
-  nothing in fsl/ changes). Note that TPE's start-up trials are drawn by the same seeded random stream, so
-  both studies share some early configurations: a paired comparison.
+- baseline: the same plan with `early_stopping=False` (Tune's FIFO scheduler: every trial runs all its epochs),
+  `sampler="random"` (Optuna's `RandomSampler` seeded with the same seed, in the same `OptunaSearch`) and no
+  recipe first (`initial_points=()`). Note that TPE's start-up trials are drawn by the same seeded random
+  stream, so both studies share some early configurations: a paired comparison.
 
 To fit on a shared 2-core CPU, each study is shrunk: 16-px images (the demo data rendered at 16 px: 64 train /
 16 val classes of 60 images), 2 training episodes per epoch with 5 queries per class, and evaluation on 300
@@ -34,8 +33,6 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
-from unittest import mock
 
 from bench.b4_ray_overhead import ray_session, run_study_quietly, study_workspace
 from bench.common import Row, demo_data, make_row, median
@@ -71,14 +68,6 @@ class Sizes:
         return demo_data(self.image_size)
 
 
-def random_searcher(plan: StudyPlan) -> Any:
-    """Optuna's RandomSampler, seeded like the study, in the OptunaSearch the project uses for TPE."""
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    return OptunaSearch(metric=plan.metric, mode="max", sampler=optuna.samplers.RandomSampler(seed=plan.settings.seed))
-
-
 def epoch_timeline(plan: StudyPlan) -> list[tuple[int, str, int, float]]:
     """(driver time in ms, trial, epoch, val_acc) of every epoch of every trial, in the order the driver got them."""
     import pandas as pd
@@ -103,7 +92,6 @@ def epochs_until(events: list[tuple[int, str, int, float]], threshold: float) ->
 
 
 def measure(quick: bool) -> list[Row]:
-    from fsl.study import runner
     from fsl.study.protonet_study import plan_study
 
     sizes = Sizes.of(quick)
@@ -129,13 +117,10 @@ def measure(quick: bool) -> list[Row]:
                 max_concurrent=2, resources=TrialResources(1, 1.0), seed=seed,
             )  # fmt: skip
             plan = plan_study(root, base, [], settings)
-            searcher = runner._searcher
             if side == "baseline":
-                plan = dataclasses.replace(plan, early_stopping=False)
-                searcher = random_searcher
+                plan = dataclasses.replace(plan, early_stopping=False, sampler="random", initial_points=())
             started = time.perf_counter()
-            with mock.patch.object(runner, "_searcher", searcher):
-                outcome = run_study_quietly(plan, work / "studies.log")
+            outcome = run_study_quietly(plan, work / "studies.log")
             walls[side].append(time.perf_counter() - started)
             if outcome.best is None or len(outcome.table) != sizes.trials:
                 raise RuntimeError(f"the {side} study of seed {seed} did not finish; see {work / 'studies.log'}")

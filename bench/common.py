@@ -219,4 +219,5 @@ def machine_description() -> dict[str, Any]:
         "bench_device": str(bench_device()),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_average_1_5_15min": [round(x, 2) for x in load],
+        "malloc": " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")) or "default",
     }

@@ -138,5 +138,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def with_worker_env() -> None:
+    """Restart this process with the allocator settings a study's Ray workers get (fsl.distributed.worker_env),
+    unless it already has them: glibc reads them only at start-up, and ours and every baseline (in-process
+    loops, easyfsl, byol-pytorch) must run under the same allocator for a ratio to mean anything."""
+    from fsl.distributed.worker_env import worker_env_vars
+
+    wanted = worker_env_vars()
+    if any(os.environ.get(name) != value for name, value in wanted.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **wanted})
+
+
 if __name__ == "__main__":
+    with_worker_env()
     sys.exit(main())

@@ -25,6 +25,7 @@ from fsl.tracking.uri import check_tracking_server
 from fsl.train.config import TrainConfig
 from fsl.train.entries import Entry
 
+SAMPLERS = ("tpe", "random")
 DRIVER_CPU = 0.01  # a Ray Train trial's own process only launches workers; Ray refuses a zero-CPU bundle
 
 
@@ -85,9 +86,14 @@ class StudyPlan:
     cells: Cells | None = None  # an ablation: num_samples trials per cell, each cell its own Optuna search
     derived: dict[str, Callable[[dict[str, Any]], Any]] = field(default_factory=dict)  # from other entries
     early_stopping: bool = True
+    sampler: str = "tpe"  # Optuna's sampler over the space: "tpe", or "random" (a baseline to compare TPE with)
     study_params: dict[str, Any] = field(default_factory=dict)  # logged on the MLflow parent run
     tags: dict[str, str] = field(default_factory=dict)  # on the parent and every child run
     trial_tags: tuple[str, ...] = ()  # trial config entries that also become child tags fsl.<name>
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler {self.sampler!r}: expected one of {', '.join(SAMPLERS)}")
 
     @property
     def results_dir(self) -> Path:
@@ -233,11 +239,19 @@ def start_ray(settings: StudySettings) -> None:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     if ray.is_initialized():
         return
+    ray.init(**ray_init_args(settings))
+
+
+def ray_init_args(settings: StudySettings) -> dict[str, Any]:
+    """ray.init's arguments for a study: the cluster at --address, or a local Ray of --num-cpus (with the
+    dashboard, which gives users the Ray UI and Ray Train its State API); either way every process of the
+    study's job (trials, Ray Train workers) starts with the training allocator settings."""
+    from fsl.distributed.worker_env import worker_env_vars
+
+    runtime_env = {"env_vars": worker_env_vars()}
     if settings.address:
-        ray.init(address=settings.address)
-    else:
-        # The dashboard (ray[default]) gives users the Ray UI and Ray Train its State API.
-        ray.init(num_cpus=settings.num_cpus)
+        return {"address": settings.address, "runtime_env": runtime_env}
+    return {"num_cpus": settings.num_cpus, "runtime_env": runtime_env}
 
 
 def concurrency(settings: StudySettings) -> int:
@@ -346,8 +360,8 @@ def _param_space(plan: StudyPlan) -> dict[str, Any]:
 
 
 def _searcher(plan: StudyPlan) -> Any:
-    """Optuna's seeded TPE over the space (one per cell for an ablation); with a grid (or nothing searched),
-    Tune's own variant generator."""
+    """Optuna's seeded TPE (or random sampler) over the space (TPE per cell for an ablation); with a grid (or
+    nothing searched), Tune's own variant generator."""
     s = plan.settings
     if plan.cells:
         from fsl.study.cell_search import CellSearch
@@ -359,14 +373,15 @@ def _searcher(plan: StudyPlan) -> Any:
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    return OptunaSearch(
-        metric=plan.metric,
-        mode="max",
+    if plan.sampler == "random":
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=s.seed)
+    else:
         # Explicit and seeded: Optuna 5 changed TPE's defaults, and a study must be reproducible.
-        sampler=optuna.samplers.TPESampler(
+        sampler = optuna.samplers.TPESampler(
             seed=s.seed, n_startup_trials=max(3, min(10, s.num_samples // 3)), multivariate=True
-        ),
-        points_to_evaluate=list(plan.initial_points) or None,
+        )
+    return OptunaSearch(
+        metric=plan.metric, mode="max", sampler=sampler, points_to_evaluate=list(plan.initial_points) or None
     )
 
 
