@@ -234,56 +234,47 @@ def measure(image_size: int, episodes: int, repeats: int, quick: bool, with_chan
         f"{N_WAY}-way {K_SHOT}-shot {N_QUERY}-query, {image_size} px, augment {AUGMENT}, {threads} thread(s), "
         f"0 workers; median of {repeats} interleaved calls of {episodes} episodes; device {device}"
     )
-    rows = [
-        make_row(
-            f"b1 ProtoNet train {image_size} px{on} (fp32, NCHW)",
-            median(rate["ours"]),
-            median(rate["baseline"]),
+    target = 2.0 if image_size >= 84 else 1.0
+
+    def row(label: str, ours: str, note: str, baseline: str = "baseline") -> Row:
+        return make_row(
+            f"b1 ProtoNet train {image_size} px{on} {label}",
+            median(rate[ours]),
+            median(rate[baseline]),
             "episodes/s",
-            2.0 if image_size >= 84 else 1.0,
-            f"vs easyfsl; {cpu_ratio('ours')}; {common}; loading the decoded split took {sides['ours'].decode_s:.1f} s "
-            "(decoded once, then from its cache)",
-            samples={"ours": rate["ours"], "baseline": rate["baseline"]},
+            target,
+            note,
+            samples={"ours": rate[ours], "baseline": rate[baseline]},
         )
-    ]
+
+    decoded = f"loading the decoded split took {sides['ours'].decode_s:.1f} s (decoded once, then from its cache)"
+    rows = [row("(fp32, NCHW)", "ours", f"vs easyfsl; {cpu_ratio('ours')}; {common}; {decoded}")]
     if with_channels_last:
         rows.append(
-            make_row(
-                f"b1 ProtoNet train {image_size} px{on} (channels_last=true, the default)",
-                median(rate["ours_channels_last"]),
-                median(rate["baseline"]),
-                "episodes/s",
-                2.0,
+            row(
+                "(channels_last=true, the default)",
+                "ours_channels_last",
                 "ours with channels_last (ProtoNet's default) vs the same easyfsl run; "
                 f"{cpu_ratio('ours_channels_last')}; {common}",
-                samples={"ours": rate["ours_channels_last"], "baseline": rate["baseline"]},
             )
         )
         rows.append(
-            make_row(
-                f"b1 ProtoNet train {image_size} px{on} (precision=bf16, channels_last=true)",
-                median(rate["ours_bf16_channels_last"]),
-                median(rate["baseline"]),
-                "episodes/s",
-                2.0,
+            row(
+                "(precision=bf16, channels_last=true)",
+                "ours_bf16_channels_last",
                 "ours with the project's bf16 autocast and channels_last options vs the same fp32 easyfsl run (not "
                 f"the same arithmetic); {cpu_ratio('ours_bf16_channels_last')}; {common}",
-                samples={"ours": rate["ours_bf16_channels_last"], "baseline": rate["baseline"]},
             )
         )
     if "baseline_workers" in sides:
-        best = "ours_channels_last" if with_channels_last else "ours"
         rows.append(
-            make_row(
-                f"b1 ProtoNet train {image_size} px{on} vs easyfsl with {gpu_workers()} DataLoader workers",
-                median(rate[best]),
-                median(rate["baseline_workers"]),
-                "episodes/s",
-                2.0 if image_size >= 84 else 1.0,
+            row(
+                f"vs easyfsl with {gpu_workers()} DataLoader workers",
+                "ours_channels_last" if with_channels_last else "ours",
                 f"ours ({'channels_last, ' if with_channels_last else ''}fp32, one process) vs easyfsl loading with "
                 f"{gpu_workers()} persistent DataLoader worker processes (PIL in parallel on {gpu_workers()} cores); "
                 f"{common.replace('0 workers', 'baseline with workers')}",
-                samples={"ours": rate[best], "baseline": rate["baseline_workers"]},
+                baseline="baseline_workers",
             )
         )
     return rows

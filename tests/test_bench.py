@@ -6,44 +6,29 @@ small to measure anything, and no figure is compared with its target here.
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from bench_run import ROOT, run_quick
 
-ROOT = Path(__file__).resolve().parent.parent
 OURS = ("b1", "b2", "b3")
 
 
 def test_quick_run_writes_a_row_with_a_finite_ratio_per_benchmark(tmp_path: Path) -> None:
     pytest.importorskip("easyfsl", reason="the bench extra is not installed (pip install -e '.[bench]')")
-    result = subprocess.run(
-        [sys.executable, "bench/run_all.py", "--quick", "--only", ",".join(OURS), "--results-dir", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    payload = json.loads((tmp_path / "latest.json").read_text())
-    assert payload["quick"] is True
-    rows = payload["rows"]
+    run = run_quick(OURS, tmp_path, timeout_s=600)
     for key in OURS:
-        mine = [row for row in rows if row["name"].startswith(f"{key} ")]
-        assert mine, f"no row for {key} in {[row['name'] for row in rows]}"
-        for row in mine:
+        for row in run.rows_of(key):
             assert math.isfinite(row["ratio"]) and row["ratio"] > 0, row
             assert math.isfinite(row["ours"]) and math.isfinite(row["baseline"]), row
             assert row["target"].startswith(">="), row
             assert row["samples"]["ours"] and row["samples"]["baseline"], row
-    table = (tmp_path / "latest.md").read_text()
-    assert "| benchmark | ours | baseline | unit | ratio | target | met | note |" in table
-    for row in rows:
-        assert f"| {row['name']} |" in table
-        assert f"| {row['name']} |" in result.stdout
+    assert "| benchmark | ours | baseline | unit | ratio | target | met | note |" in run.table
+    for row in run.rows:
+        assert f"| {row['name']} |" in run.stdout
 
 
 def test_unknown_benchmark_is_a_usage_error(tmp_path: Path) -> None:

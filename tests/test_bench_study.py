@@ -4,15 +4,12 @@ Plus the pure helpers those benchmarks count with."""
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from bench_run import run_quick
 
-ROOT = Path(__file__).resolve().parent.parent
 OURS = ("b4", "b5", "b6", "b7")
 
 
@@ -20,29 +17,15 @@ OURS = ("b4", "b5", "b6", "b7")
 def test_quick_run_gives_finite_rows_for_benchmarks_4_to_7(tmp_path: Path) -> None:
     pytest.importorskip("byol_pytorch", reason="the bench extra is not installed (pip install -e '.[bench]')")
     pytest.importorskip("psutil", reason="the bench extra is not installed (pip install -e '.[bench]')")
-    result = subprocess.run(
-        [sys.executable, "bench/run_all.py", "--quick", "--only", ",".join(OURS), "--results-dir", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = json.loads((tmp_path / "latest.json").read_text())["rows"]
+    run = run_quick(OURS, tmp_path, timeout_s=900)
     for key in OURS:
-        mine = [row for row in rows if row["name"].startswith(f"{key} ")]
-        assert mine, f"no row for {key} in {[row['name'] for row in rows]}"
-        for row in mine:
+        for row in run.rows_of(key):
             for field in ("ours", "baseline", "ratio"):
                 # b5 counts a study that never came within 1 point of the best as infinitely many epochs.
                 ok = not math.isnan(row[field]) if key == "b5" else math.isfinite(row[field])
                 assert ok and row[field] >= 0, row
             assert row["target"].startswith(">="), row
-    b6 = [row for row in rows if row["name"].startswith("b6 ")]
-    assert len(b6) == 3, "per-image and as-shipped byol-pytorch baselines, and the augmentation alone"
-    table = (tmp_path / "latest.md").read_text()
-    for row in rows:
-        assert f"| {row['name']} |" in table
+    assert len(run.rows_of("b6")) == 3, "per-image and as-shipped byol-pytorch baselines, and the augmentation alone"
 
 
 def test_epochs_until_counts_up_to_the_first_epoch_within_reach() -> None:
@@ -52,6 +35,15 @@ def test_epochs_until_counts_up_to_the_first_epoch_within_reach() -> None:
     assert epochs_until(events, 0.60) == (3, True)
     assert epochs_until(events, 0.70) == (4, True)
     assert epochs_until(events, 0.71) == (4, False)  # never reached: all epochs, flagged
+
+
+def test_a_never_reached_median_is_bounded_by_whole_studies() -> None:
+    from bench.b5_study_efficiency import median_lower_bound
+
+    inf = float("inf")
+    # seeds: reached at 12; never in 192 epochs (>= 193); never in 150 (>= 151): the median is >= 151
+    assert median_lower_bound([12.0, inf, inf], [192, 192, 150]) == 151
+    assert median_lower_bound([12.0, 30.0, inf], [192, 192, 150]) == 30
 
 
 def test_max_overlap_counts_trials_running_at_once() -> None:
