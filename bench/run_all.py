@@ -27,7 +27,7 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))
 
-from bench.common import Row, machine_description  # noqa: E402
+from bench.common import Row, bench_device, machine_description  # noqa: E402
 
 MODULE_PATTERN = re.compile(r"^(b\d+)_\w+\.py$")
 
@@ -100,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; available: {', '.join(modules)}")
 
+    try:
+        bench_device()
+    except RuntimeError as err:
+        parser.error(str(err))
     machine = machine_description()
     rows: list[Row] = []
     timings: dict[str, float] = {}

@@ -7,6 +7,7 @@ small to measure anything, and no figure is compared with its target here.
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,21 @@ def test_unknown_benchmark_is_a_usage_error(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "unknown benchmark(s) b99" in result.stderr
+
+
+def test_a_gpu_run_without_cuda_is_a_usage_error(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = subprocess.run(
+        [sys.executable, "bench/run_all.py", "--quick", "--only", "b1", "--results-dir", str(tmp_path)],
+        cwd=ROOT,
+        env={**os.environ, "BENCH_DEVICE": "cuda"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "run_all.py: error: BENCH_DEVICE=cuda: CUDA is not available here"
+    assert not (tmp_path / "latest.json").exists()
