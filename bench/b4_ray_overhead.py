@@ -23,7 +23,8 @@ artifacts); those parts have about 1 s resolution (Tune's result timestamps are 
 
 A second row extrapolates the measured overhead to a 2-minute trial of the same 8 epochs (120 s of training
 plus the overhead): it is computed, not run. BENCH_B4_EPISODES (training episodes per epoch, default 2) and
-BENCH_B4_REPEATS (default 3) size the measured trial: 40 episodes make it about 2 minutes long.
+BENCH_B4_REPEATS (default 3) size the measured trial: 42 episodes make it about 2 minutes long (126 s in-process
+on the 2-core CI machine).
 
 With BENCH_B4_DDP=1 a third row runs the trial as 2 Ray Train workers (DDP, gloo, 1 thread each: twice the cores
 of the baseline for the same episodes), once (about a minute more on a loaded 2-core machine, so it is not run
@@ -62,13 +63,12 @@ def ray_session(num_cpus: int = 4) -> float:
 
     if ray.is_initialized():
         return 0.0
-    from fsl.distributed.worker_env import worker_env_vars
+    from fsl.distributed.worker_env import worker_runtime_env
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     started = time.perf_counter()
     # The workers' environment a study's own start_ray gives them (the allocator settings).
-    runtime_env = {"env_vars": worker_env_vars()}
-    ray.init(address="local", num_cpus=num_cpus, log_to_driver=False, runtime_env=runtime_env)
+    ray.init(address="local", num_cpus=num_cpus, log_to_driver=False, runtime_env=worker_runtime_env())
     atexit.register(ray.shutdown)
     return time.perf_counter() - started
 
@@ -107,8 +107,8 @@ class Sizes:
     def __init__(self, quick: bool) -> None:
         self.quick = quick
         self.epochs = 2 if quick else 8
-        # Even: a 2-worker DDP trial splits them without rounding up. BENCH_B4_EPISODES=40 BENCH_B4_REPEATS=1
-        # makes the trial about 2 minutes long on a 2-core CPU: the issue's measurement, run instead of computed.
+        # Even: a 2-worker DDP trial splits them without rounding up. BENCH_B4_EPISODES=42 makes the trial about
+        # 2 minutes long on a 2-core CPU: the issue's measurement, run instead of computed.
         self.episodes = 1 if quick else int(os.environ.get("BENCH_B4_EPISODES", "2"))
         self.eval_episodes = 30 if quick else 600
         self.image_size = 16 if quick else 32

@@ -1,9 +1,9 @@
 """GPU check of the learning code: the ProtoNet and BYOL training loops on CUDA in fp32 and bf16 (with and
 without channels_last), each checked to train (finite loss that falls, float32 weights) and timed.
 
-It imports torch, numpy and the project's learning code (fsl.data, fsl.models, fsl.methods, fsl.train) only, so
-it runs on a bare CUDA machine with torch, torchvision, numpy, pandas and pillow installed: no Ray, no MLflow, no
-network. The images are the demo data set's classes, rendered in memory.
+It imports torch, numpy, the project's learning code (fsl.data, fsl.models, fsl.methods, fsl.train) and
+bench.common only, so it runs on a bare CUDA machine with torch, torchvision, numpy, pandas and pillow installed:
+no Ray, no MLflow, no network. The images are the demo data set's classes, rendered in memory.
 
     python bench/gpu_check.py                        # CUDA; ProtoNet Conv4 84 px 30-way, BYOL ResNet50 batch 256
     python bench/gpu_check.py --arch resnet18 --batch-size 512 --image-size 96
@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.common import synchronize  # noqa: E402
 from fsl.data.decoded import DecodedSplit  # noqa: E402
 from fsl.data.demo import COMBOS, class_label, render_class  # noqa: E402
 from fsl.data.episodes import draw_fixed_episodes  # noqa: E402
@@ -98,11 +99,6 @@ def render_split(name: str, combos: list[tuple[int, int, int]], per_class: int, 
     labels = np.repeat(np.arange(len(combos)), per_class)
     ids = tuple(str(i) for i in range(len(labels)))
     return DecodedSplit(name, images, labels, tuple(class_label(c) for c in combos), ids)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed_run(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from fsl.distributed.worker_env import MALLOC_DEFAULTS, worker_env_vars
+from fsl.distributed.worker_env import MALLOC_DEFAULTS, worker_env_vars, worker_runtime_env
 from fsl.study.runner import StudySettings, ray_init_args
 
 pytestmark = pytest.mark.ray
@@ -26,6 +26,7 @@ def test_defaults_unless_the_user_set_a_variable():
 def test_a_cluster_address_gets_the_same_worker_environment():
     args = ray_init_args(StudySettings("s", "/tmp/x", "sqlite:///x.db", address="10.0.0.5:6379"))
     assert args == {"address": "10.0.0.5:6379", "runtime_env": {"env_vars": worker_env_vars()}}
+    assert args["runtime_env"] == worker_runtime_env()
 
 
 def test_a_study_worker_starts_with_the_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

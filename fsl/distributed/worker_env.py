@@ -30,3 +30,8 @@ def worker_env_vars(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     (the driver's environment) already sets a variable, whose value is passed on instead."""
     environ = os.environ if environ is None else environ
     return {name: environ.get(name, default) for name, default in MALLOC_DEFAULTS.items()}
+
+
+def worker_runtime_env() -> dict[str, dict[str, str]]:
+    """ray.init's runtime_env for a study's job: every worker process starts with worker_env_vars()."""
+    return {"env_vars": worker_env_vars()}

@@ -246,9 +246,9 @@ def ray_init_args(settings: StudySettings) -> dict[str, Any]:
     """ray.init's arguments for a study: the cluster at --address, or a local Ray of --num-cpus (with the
     dashboard, which gives users the Ray UI and Ray Train its State API); either way every process of the
     study's job (trials, Ray Train workers) starts with the training allocator settings."""
-    from fsl.distributed.worker_env import worker_env_vars
+    from fsl.distributed.worker_env import worker_runtime_env
 
-    runtime_env = {"env_vars": worker_env_vars()}
+    runtime_env = worker_runtime_env()
     if settings.address:
         return {"address": settings.address, "runtime_env": runtime_env}
     return {"num_cpus": settings.num_cpus, "runtime_env": runtime_env}
