@@ -41,8 +41,10 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +75,15 @@ def ray_session(num_cpus: int = 4) -> float:
     return time.perf_counter() - started
 
 
-def study_workspace(prefix: str) -> Path:
-    """A fresh folder for a benchmark's study storage, MLflow store and logs."""
-    return Path(tempfile.mkdtemp(prefix=f"fsl-bench-{prefix}-"))
+@contextlib.contextmanager
+def study_workspace(prefix: str) -> Iterator[Path]:
+    """A fresh folder for a benchmark's study storage, MLflow store and logs. Removed when the benchmark succeeds
+    (a b5 run leaves hundreds of MiB of checkpoints); kept when it fails, since its error names the log there, or
+    always with BENCH_KEEP=1."""
+    work = Path(tempfile.mkdtemp(prefix=f"fsl-bench-{prefix}-"))
+    yield work  # an exception raised in the with-block propagates from here and skips the removal
+    if os.environ.get("BENCH_KEEP") != "1":
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def run_study_quietly(plan: StudyPlan, log: Path) -> Any:
@@ -121,6 +129,11 @@ class Sizes:
 
 
 def measure(quick: bool) -> list[Row]:
+    with study_workspace("b4") as work:
+        return measure_in(work, quick)
+
+
+def measure_in(work: Path, quick: bool) -> list[Row]:
     import torch
 
     from fsl.study.protonet_study import plan_study
@@ -130,7 +143,6 @@ def measure(quick: bool) -> list[Row]:
     sizes = Sizes(quick)
     threads = bench_threads()
     ray_start = ray_session(num_cpus=max(4, 2 * threads + 1))
-    work = study_workspace("b4")
     log = work / "studies.log"
     base = ProtoNetConfig(
         epochs=sizes.epochs, episodes_per_epoch=sizes.episodes, eval_episodes=sizes.eval_episodes,

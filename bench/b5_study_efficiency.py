@@ -100,12 +100,16 @@ def median_lower_bound(counts: list[float], totals: list[int]) -> float:
 
 
 def measure(quick: bool) -> list[Row]:
+    with study_workspace("b5") as work:
+        return measure_in(work, quick)
+
+
+def measure_in(work: Path, quick: bool) -> list[Row]:
     from fsl.study.protonet_study import plan_study
 
     sizes = Sizes.of(quick)
     root = sizes.data()
     ray_session()
-    work = study_workspace("b5")
     counts: dict[str, list[float]] = {"ours": [], "baseline": []}
     details: list[str] = []
     walls: dict[str, list[float]] = {"ours": [], "baseline": []}

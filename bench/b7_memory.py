@@ -102,6 +102,11 @@ def max_overlap(trials: list[list[dict[str, Any]]]) -> int:
 
 
 def measure(quick: bool) -> list[Row]:
+    with study_workspace("b7") as work:
+        return measure_in(work, quick)
+
+
+def measure_in(work: Path, quick: bool) -> list[Row]:
     import psutil  # noqa: F401  (the bench extra: fail here, as one row, when it is missing)
 
     from fsl.study.protonet_study import plan_study
@@ -114,7 +119,6 @@ def measure(quick: bool) -> list[Row]:
         else demo_data(image_size)
     )
     ray_session()
-    work = study_workspace("b7")
     base = ProtoNetConfig(
         epochs=2 if quick else 3,
         episodes_per_epoch=1 if quick else 2,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -10,10 +13,21 @@ import pytest
 
 # Isolate every test run from the user's caches, Ray cluster and MLflow store before anything imports them.
 os.environ["FSL_CACHE_DIR"] = tempfile.mkdtemp(prefix="fsl-test-cache-")
+atexit.register(shutil.rmtree, os.environ["FSL_CACHE_DIR"], ignore_errors=True)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("RAY_ADDRESS", None)
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# A line Ray's log monitor forwarded from a raylet or worker, e.g. "(raylet) ... is over 95% full" or
+# "(pid=123) ...", possibly coloured. It reaches this process's stderr at any moment while a module's Ray is up.
+_RAY_FORWARDED = re.compile(r"^(\x1b\[[0-9;]*m)*\((raylet|[^)]*pid=\d+[^)]*)\)")
+
+
+def own_stderr(err: str) -> str:
+    """stderr without the lines Ray forwarded from its processes: what the code under test wrote."""
+    return "".join(line for line in err.splitlines(keepends=True) if not _RAY_FORWARDED.match(line))
+
 
 TINY_EPISODES = {"n_way": 5, "k_shot": 1, "n_query": 5, "n_episodes": 30}
 

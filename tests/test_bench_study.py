@@ -5,6 +5,7 @@ Plus the pure helpers those benchmarks count with."""
 from __future__ import annotations
 
 import math
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,10 @@ OURS = ("b4", "b5", "b6", "b7")
 def test_quick_run_gives_finite_rows_for_benchmarks_4_to_7(tmp_path: Path) -> None:
     pytest.importorskip("byol_pytorch", reason="the bench extra is not installed (pip install -e '.[bench]')")
     pytest.importorskip("psutil", reason="the bench extra is not installed (pip install -e '.[bench]')")
+    workspaces = set(Path(tempfile.gettempdir()).glob("fsl-bench-*"))
     run = run_quick(OURS, tmp_path, timeout_s=900)
+    # Each study benchmark removes its folder of checkpoints and MLflow store once it has succeeded.
+    assert set(Path(tempfile.gettempdir()).glob("fsl-bench-*")) <= workspaces
     for key in OURS:
         for row in run.rows_of(key):
             for field in ("ours", "baseline", "ratio"):

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import mlflow
 import pandas as pd
 import pytest
-from conftest import tiny_study_argv
+from conftest import own_stderr, tiny_study_argv
 from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
@@ -420,9 +420,20 @@ def test_the_latest_study_is_the_default(fake_store: str, tmp_path: Path, capsys
 
 def _error(argv: list[str], capsys) -> str:
     assert report(argv) == 2
-    err = capsys.readouterr().err
+    err = own_stderr(capsys.readouterr().err)  # this module's Ray may print while the report runs
     assert err.startswith("error: ") and err.count("\n") == 1, err
     return err
+
+
+def test_lines_ray_forwarded_are_not_counted_as_the_reports_stderr():
+    # The line that broke this module's bad-input test once, when the disk was nearly full.
+    raylet = (
+        "\x1b[33m(raylet)\x1b[0m [2026-11-30 02:22:52,036 E 20650 20661] (raylet) file_system_monitor.cc:116: full\n"
+    )
+    worker = "(ProtoNetTrainable pid=4242) epoch 1\n(pid=17, ip=10.0.0.2) hello\n"
+    ours = "error: tracking URI http://127.0.0.1:9: cannot read it (Connection refused)\n"
+    assert own_stderr(raylet + ours + worker) == ours
+    assert own_stderr("(not ray) a line of ours\n") == "(not ray) a line of ours\n"
 
 
 def test_bad_input_is_one_line_and_exit_2(fake_store: str, tmp_path: Path, capsys):
