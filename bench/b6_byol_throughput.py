@@ -13,7 +13,10 @@ workers) on both sides.
   trains 2 epochs of S steps; the rate is the second epoch's (S x batch images over the time between the two
   epochs' reports), so model construction and the first steps are not timed. The timed epoch includes what the
   loop also does once per epoch: a k-NN probe on 40 labelled images and a CPU copy of the weights (a small
-  cost that counts against ours).
+  cost that counts against ours). Three configurations of ours, each its own row: the defaults (float32,
+  NCHW: the like-for-like row), `channels_last=True` (the same arithmetic in NHWC, oneDNN's and cuDNN's
+  preferred layout) and `channels_last=True, precision="bf16"` (bfloat16 autocast: other arithmetic than the
+  baseline's float32, so that row is marked as such).
 - baseline: `byol_pytorch.BYOL(resnet18, image_size, hidden_layer="avgpool")` (0.8.x: no simplicial
   embedding), trained with the loop of its README (`loss = learner(x)`, backward, step,
   `update_moving_average()`), 1 untimed warm-up step, then S timed steps. Two baselines:
@@ -93,12 +96,13 @@ class OurSide:
         batch: int,
         steps: int,
         device: torch.device,
+        **arithmetic: Any,
     ) -> None:
         self.train, self.probe, self.placement = train, probe, Placement(device)
         self.cfg = BYOLConfig(
             lr=LR, weight_decay=WEIGHT_DECAY, arch=arch, batch_size=batch, head_width=HEAD_WIDTH,
             projection_dim=PROJECTION_DIM, image_size=image_size, epochs=2, steps_per_epoch=steps,
-            schedule="none", probe_k=5,
+            schedule="none", probe_k=5, **arithmetic,
         )  # fmt: skip
         self.calls = 0
 
@@ -253,6 +257,11 @@ def measure(arch: str, image_size: int, batch: int, steps: int, repeats: int, qu
     on = "" if device.type == "cpu" else f" on {device.type}"
     sides: dict[str, Callable[[], Measured]] = {
         "ours": OurSide(train, probe, arch, image_size, batch, steps, device),
+        # BYOLConfig's opt-in settings, as b1 does for ProtoNet: the same float32 arithmetic in NHWC, then bf16.
+        "ours_cl": OurSide(train, probe, arch, image_size, batch, steps, device, channels_last=True),
+        "ours_bf16_cl": OurSide(
+            train, probe, arch, image_size, batch, steps, device, channels_last=True, precision="bf16"
+        ),
         "per_image": LucidrainsSide(train, arch, image_size, batch, steps, per_image=True, device=device),
         "as_shipped": LucidrainsSide(train, arch, image_size, batch, steps, per_image=False, device=device),
     }
@@ -266,21 +275,26 @@ def measure(arch: str, image_size: int, batch: int, steps: int, repeats: int, qu
         f"thread(s), 0 workers; median of {repeats} interleaved runs of {steps} timed steps; device {device}"
     )
 
-    def row(baseline: str, label: str, what: str) -> Row:
-        cpu_ratio = median(cpu_rate["ours"]) / median(cpu_rate[baseline])
+    def row(baseline: str, label: str, what: str, ours: str = "ours", variant: str = "") -> Row:
+        cpu_ratio = median(cpu_rate[ours]) / median(cpu_rate[baseline])
         return make_row(
-            f"b6 BYOL train {arch} {image_size} px{on} vs byol-pytorch ({label})",
-            median(rate["ours"]),
+            f"b6 BYOL train {arch} {image_size} px{on}{variant} vs byol-pytorch ({label})",
+            median(rate[ours]),
             median(rate[baseline]),
             "images/s",
             1.5,
             f"vs {peer} with {what}; CPU-time ratio {cpu_ratio:.2f}x; {shape}",
-            samples={"ours": rate["ours"], "baseline": rate[baseline]},
+            samples={"ours": rate[ours], "baseline": rate[baseline]},
         )
+
+    like_for_like = "its default augmentation applied per image (like for like)"
+    other_arithmetic = "; ours in bfloat16 autocast, byol-pytorch in float32: not the same arithmetic"
 
     aug = {name: median(rates) for name, rates in augment_rates.items()}
     return [
-        row("per_image", "per-image aug", "its default augmentation applied per image (like for like)"),
+        row("per_image", "per-image aug", like_for_like),
+        row("per_image", "per-image aug", like_for_like, "ours_cl", ", ours channels_last"),
+        row("per_image", "per-image aug", like_for_like + other_arithmetic, "ours_bf16_cl", ", ours bf16 + CL"),
         make_row(
             f"b6 BYOL two-view augmentation alone, {image_size} px{on} vs byol-pytorch (per-image aug)",
             aug["ours"],
