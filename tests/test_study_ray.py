@@ -140,3 +140,45 @@ def test_predictions_from_the_best_checkpoint_reproduce_its_accuracy(study, tiny
     accuracy = (predicted.iloc[:, 1:].to_numpy() == truth.iloc[:, 1:].to_numpy()).mean()
     assert accuracy == pytest.approx(table["best_val_acc"][0], abs=1e-6)
     assert f"Accuracy against {tiny_hw4_master / 'val_testcase_gt.csv'}: {accuracy:.4f}" in capsys.readouterr().out
+
+
+def test_one_process_ran_every_trial_one_after_another(study):
+    # Tune reuses a finished (or ASHA-stopped) single-worker trial's process for the next trial.
+    study_dir = study["tmp"] / "results" / "tiny-study"
+    pids = {
+        json.loads(line)["pid"] for f in study_dir.glob("trial-*/result.json") for line in f.read_text().splitlines()
+    }
+    assert len(pids) == 1, pids
+
+
+def test_a_reused_process_gives_a_trial_what_a_fresh_one_would(local_ray, tiny_hw4_master: Path, tmp_path: Path):
+    # Three trials of one fixed setting, one at a time, so the second and third run in the process the first
+    # used: any state a trial left behind (RNG, threads, cached tensors) that changed training would show as
+    # metrics that differ from the first trial's, which ran in a fresh process.
+    import dataclasses
+
+    from fsl.distributed.train_trial import TrialResources
+    from fsl.study.protonet_study import plan_study
+    from fsl.study.runner import StudySettings, run_study
+    from fsl.train.config import ProtoNetConfig
+
+    base = ProtoNetConfig(epochs=2, episodes_per_epoch=2, n_query=5, eval_episodes=30, image_size=16)
+    settings = StudySettings(
+        study_name="same", storage=str(tmp_path / "results"), tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+        experiment="reuse", num_samples=3, max_concurrent=1, resources=TrialResources(1, 1.0),
+    )  # fmt: skip
+    fixed = ["lr=0.003", "augment=flip+crop", "head_depth=1", "distance=cosine", "train_way=5"]
+    plan = plan_study(tiny_hw4_master, base, fixed, settings)
+    assert not plan.space
+    outcome = run_study(dataclasses.replace(plan, early_stopping=False))
+    assert len(outcome.table) == 3
+    trials = [
+        [json.loads(line) for line in f.read_text().splitlines()]
+        for f in sorted(Path(settings.study_path).glob("trial-*/result.json"), key=lambda f: f.stat().st_mtime)
+    ]
+    assert len({row["pid"] for rows in trials for row in rows}) == 1
+    keys = ("epoch", "train_loss", "val_acc")
+    first = [[row[k] for k in keys] for row in trials[0]]
+    assert len(first) == 2
+    for rows in trials[1:]:
+        assert [[row[k] for k in keys] for row in rows] == first

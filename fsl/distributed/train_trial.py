@@ -212,6 +212,9 @@ def run_in_process(
     costs about 15 s per trial and 2 s per report on a small machine). Tune checkpoints and restores it."""
     from ray import tune
 
+    # The frames of a trial this process ran and Tune stopped (see below): a new trial means the process lives on
+    # (Tune reuses it), so they can be freed now, before this trial allocates its own.
+    _STOPPED_TRIAL_FRAMES.clear()
     _quiet_checkpoint_logs()
     torch.set_num_threads(_threads(resources.cpus_per_worker))
     device = torch.device("cuda") if ray.get_gpu_ids() and torch.cuda.is_available() else torch.device("cpu")
@@ -232,9 +235,10 @@ def run_in_process(
         tune.report(divergence_result(err, last, metric))  # read by the driver before the error below
         raise
     except SystemExit as stop:
-        # Tune stops a trial (ASHA) by raising SystemExit in report() while the trial's process shuts down.
-        # Freeing the loop's tensors in this thread would race the interpreter's finalisation, and a torch
+        # Tune ends a stopped trial (ASHA) by raising SystemExit in report(): before the process shuts down, or
+        # before it reuses the process for the next trial. In the first case freeing the loop's tensors in this
+        # thread would race the interpreter's finalisation, and a torch
         # destructor caught by it aborts the process with a long C++ stack trace (ray-project/ray#4013,
-        # #51527). The frames, and so the tensors, are kept until the process exits instead.
+        # #51527). The frames, and so the tensors, are kept until the process exits or starts another trial.
         _STOPPED_TRIAL_FRAMES.append(stop.__traceback__)
         raise
