@@ -178,11 +178,12 @@ def test_a_server_back_before_the_study_ends_is_caught_up_by_the_study(tiny_hw4_
     study_path = tmp_path / "results" / "back"
     log = tmp_path / "study.log"
     with log.open("w") as out:
-        study = _launch(_study_argv(tiny_hw4_master, tmp_path, server.url, "back", samples=6), tmp_path, out)
+        study = _launch(_study_argv(tiny_hw4_master, tmp_path, server.url, "back", samples=8), tmp_path, out)
         try:
             _wait_for_a_finished_run(client, study, log)
             server.stop()
-            # Two more trials start (and report) while the server is away.
+            # Two more trials start (and report) while the server is away; five more are left for it to come back in
+            # (trials reuse one process, so each is only a few seconds).
             started = lambda: len(list(study_path.glob("trial-*/result.json"))) >= 3  # noqa: E731
             _wait_for(started, 240, "two more trials to report", study, log)
             _wait_for(lambda: "warning: MLflow at" in log.read_text(), 60, "the study to notice", study, log)

@@ -45,6 +45,8 @@ class StudySettings:
     grace_period: int | None = None  # ASHA: epochs before the first cut; None = a quarter of the epochs
     reduction_factor: int = 2
     trial_max_failures: int = 1
+    # A single-worker trial's process runs the next trial (Tune's reuse_actors); False starts one per trial.
+    reuse_trial_processes: bool = True
 
     @property
     def study_path(self) -> str:
@@ -440,7 +442,7 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
                 # starting one (about 2 s each on 2 cores: 12 tiny trials took 6 s instead of 32). Not for
                 # DDP trials: Tune gives a finished trial 2 s to end before reuse, and a Train worker group
                 # takes longer to shut down, which would fail the next trial.
-                reuse_actors=res.workers == 1,
+                reuse_actors=res.workers == 1 and s.reuse_trial_processes,
             ),
             run_config=tune.RunConfig(
                 name=s.study_name,
