@@ -237,8 +237,8 @@ def run_in_process(
     except SystemExit as stop:
         # Tune ends a stopped trial (ASHA) by raising SystemExit in report(): before the process shuts down, or
         # before it reuses the process for the next trial. In the first case freeing the loop's tensors in this
-        # thread would race the interpreter's finalisation, and a torch
-        # destructor caught by it aborts the process with a long C++ stack trace (ray-project/ray#4013,
-        # #51527). The frames, and so the tensors, are kept until the process exits or starts another trial.
+        # thread would race the interpreter's finalisation, and a torch destructor caught by it aborts the
+        # process with a long C++ stack trace (ray-project/ray#4013, #51527). So the frames, and the tensors,
+        # are kept until the process exits or starts another trial.
         _STOPPED_TRIAL_FRAMES.append(stop.__traceback__)
         raise

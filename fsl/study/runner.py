@@ -439,7 +439,7 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
                 max_concurrent_trials=max_concurrent,
                 trial_dirname_creator=lambda trial: f"trial-{trial.trial_id}",
                 # A single-worker trial runs in its Tune actor: the next trial reuses that process instead of
-                # starting one (about 2 s each on 2 cores: 12 tiny trials took 6 s instead of 32). Not for
+                # starting one (bench b4: 2.4 s per short trial instead of 6.4 s on 2 cores). Not for
                 # DDP trials: Tune gives a finished trial 2 s to end before reuse, and a Train worker group
                 # takes longer to shut down, which would fail the next trial.
                 reuse_actors=res.workers == 1 and s.reuse_trial_processes,
