@@ -31,7 +31,7 @@ dimension fixed, no early stopping), where the per-trial cost dominates: ours (a
 runs the next trial: Tune's `reuse_actors`) against the same study with a fresh process per trial
 (`reuse_trial_processes=False`, Tune's default). The seconds per trial are the study's wall time x 2 slots / 12.
 
-With BENCH_B4_DDP=1 a third row runs the trial as 2 Ray Train workers (DDP, gloo, 1 thread each: twice the cores
+With BENCH_B4_DDP=1 one more row runs the trial as 2 Ray Train workers (DDP, gloo, 1 thread each: twice the cores
 of the baseline for the same episodes), once (about a minute more on a loaded 2-core machine, so it is not run
 by default).
 
