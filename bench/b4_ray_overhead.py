@@ -190,9 +190,7 @@ def measure_in(work: Path, quick: bool) -> list[Row]:
         if not metrics or metrics["epoch"] != sizes.epochs:
             raise RuntimeError(f"the in-process loop did not finish: {metrics}")
 
-    many = dataclasses.replace(
-        settings, num_samples=sizes.many_trials, max_concurrent=2, resources=TrialResources(1, float(threads))
-    )
+    many = dataclasses.replace(settings, num_samples=sizes.many_trials, max_concurrent=2)
     short = dataclasses.replace(plan, base=plan.base.replace(epochs=1), early_stopping=False)
 
     def many_trials(reuse: bool) -> None:
@@ -251,21 +249,6 @@ def measure_in(work: Path, quick: bool) -> list[Row]:
             f"(the same {sizes.epochs} epochs, so the same number of checkpoints and reports)",
             higher_is_better=False,
         ),
-        make_row(
-            f"b4 {sizes.many_trials} one-epoch trials, 2 at a time: a trial's process reused vs one per trial",
-            median(many_times["ours"]),
-            median(many_times["baseline"]),
-            "s",
-            1.0,
-            f"seconds per trial: {per_slot(many_times['ours']):.2f} reused against "
-            f"{per_slot(many_times['baseline']):.2f} "
-            f"with a fresh process each (Tune's default), the study's wall x 2 / {sizes.many_trials}; each trial 1 "
-            f"epoch: ProtoNet Conv4 {sizes.image_size} px, {sizes.episodes} episode(s) (20-way 1-shot 15-query) + "
-            f"{sizes.eval_episodes} eval episodes, {threads} thread(s); no early stopping; median of {sizes.repeats} "
-            "interleaved runs",
-            higher_is_better=False,
-            samples=many_times,
-        ),
     ]
     if studies["ddp"]:
         ddp = studies["ddp"][0]
@@ -285,8 +268,25 @@ def measure_in(work: Path, quick: bool) -> list[Row]:
             )
         )
     for row in rows:
-        if not row.name.startswith(f"b4 {sizes.many_trials} "):  # its target (>= 1x) is just "not slower"
-            row.target = f">= {1 / TARGET:.2f}x (time <= {TARGET:.2f}x)"
+        row.target = f">= {1 / TARGET:.2f}x (time <= {TARGET:.2f}x)"
+    # Its target (>= 1x) is only "not slower": the 1.10x is about one trial against the bare loop.
+    rows.append(
+        make_row(
+            f"b4 {sizes.many_trials} one-epoch trials, 2 at a time: a trial's process reused vs one per trial",
+            median(many_times["ours"]),
+            median(many_times["baseline"]),
+            "s",
+            1.0,
+            f"seconds per trial: {per_slot(many_times['ours']):.2f} reused against "
+            f"{per_slot(many_times['baseline']):.2f} "
+            f"with a fresh process each (Tune's default), the study's wall x 2 / {sizes.many_trials}; each trial 1 "
+            f"epoch: ProtoNet Conv4 {sizes.image_size} px, {sizes.episodes} episode(s) (20-way 1-shot 15-query) + "
+            f"{sizes.eval_episodes} eval episodes, {threads} thread(s); no early stopping; median of {sizes.repeats} "
+            "interleaved runs",
+            higher_is_better=False,
+            samples=many_times,
+        )
+    )
     return rows
 
 
