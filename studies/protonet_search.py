@@ -16,7 +16,7 @@ from pathlib import Path
 from fsl.data.demo import ensure_demo_dataset
 from fsl.study.cli import add_compute_args, add_output_args, add_search_args, fail, print_outcome, study_settings
 from fsl.study.protonet_study import describe_data, plan_study
-from fsl.study.runner import run_study
+from fsl.study.runner import StudyPlan, run_study
 from fsl.study.space import default_space
 from fsl.train.config import ProtoNetConfig
 
@@ -86,26 +86,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        demo = args.data is None
-        image_size = args.image_size or (32 if demo else 84)
-        data_root = ensure_demo_dataset(seed=0, image_size=image_size) if demo else args.data
-        base = ProtoNetConfig(
-            epochs=args.epochs or (8 if demo else 20),
-            episodes_per_epoch=args.episodes_per_epoch or (20 if demo else 100),
-            n_way=args.n_way,
-            k_shot=args.k_shot,
-            n_query=args.n_query,
-            eval_episodes=args.eval_episodes,
-            image_size=image_size,
-            seed=args.seed,
-        )
-        settings = study_settings(args, STUDY_PREFIX, grace_period=args.grace_period)
-        print(f"Preparing study {settings.study_name!r}: data {data_root}")
-        plan = plan_study(data_root, base, args.param, settings)
+        plan = plan_from_args(build_parser().parse_args(argv))
     except (ValueError, FileNotFoundError) as err:
         return fail(err)
+    return run_plan(plan)
+
+
+def plan_from_args(args: argparse.Namespace) -> StudyPlan:
+    """The checked study plan of the parsed flags (the demo data made on first use); raises ValueError or
+    FileNotFoundError with a one-line message on bad input, before Ray starts."""
+    demo = args.data is None
+    image_size = args.image_size or (32 if demo else 84)
+    data_root = ensure_demo_dataset(seed=0, image_size=image_size) if demo else args.data
+    base = ProtoNetConfig(
+        epochs=args.epochs or (8 if demo else 20),
+        episodes_per_epoch=args.episodes_per_epoch or (20 if demo else 100),
+        n_way=args.n_way,
+        k_shot=args.k_shot,
+        n_query=args.n_query,
+        eval_episodes=args.eval_episodes,
+        image_size=image_size,
+        seed=args.seed,
+    )
+    settings = study_settings(args, STUDY_PREFIX, grace_period=args.grace_period)
+    print(f"Preparing study {settings.study_name!r}: data {data_root}")
+    return plan_study(data_root, base, args.param, settings)
+
+
+def run_plan(plan: StudyPlan) -> int:
+    """Run a planned study and print its summary; the exit status."""
     print_plan_header(plan)
     try:
         outcome = run_study(plan)
@@ -114,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     return print_outcome(plan, outcome)
 
 
-def print_plan_header(plan) -> None:  # noqa: ANN001
+def print_plan_header(plan: StudyPlan) -> None:
     print(describe_data(plan))
     print(f"Untrained Conv4 on these episodes: val_acc {plan.baseline[0]:.4f} ± {plan.baseline[1]:.4f}")
     searched = ", ".join(f"{n} {d.describe()}" for n, d in plan.space.items()) or "nothing (all fixed)"

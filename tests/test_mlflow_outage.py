@@ -1,6 +1,9 @@
 """The tracking server stops during a study: the study finishes with every result kept by Ray, and
 studies/sync_mlflow.py replays what MLflow missed once the server is back; a second replay changes nothing.
-A server back while the study still runs is caught up by the study itself."""
+A server back while the study still runs is caught up by the study itself.
+
+The study's trials are held at chosen epoch reports (tests/trial_holds.py) while the test stops or starts the
+server, so each step happens while the study provably has trials left, however fast or slow the machine is."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import pytest
 from conftest import tiny_study_argv
 from mlflow import MlflowClient
 from mlflow_server import start_mlflow_server
+from trial_holds import TrialHolds
 
 pytestmark = pytest.mark.ray
 
@@ -22,14 +26,15 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES, EPOCHS = 4, 3
 
 
-def _study_argv(data: Path, tmp: Path, url: str, study: str, samples: int = SAMPLES) -> list[str]:
+def _study_argv(data: Path, tmp: Path, url: str, study: str, holds: TrialHolds) -> list[str]:
+    """The study, in a process of its own, one trial at a time, every trial its EPOCHS epochs (no early stop):
+    report N is trial (N - 1) // EPOCHS + 1."""
     argv = tiny_study_argv(data, tmp, "outage", study)
     argv[argv.index("--tracking-uri") + 1] = url
     return [
-        sys.executable,
-        str(ROOT / "studies" / "protonet_search.py"),
+        *holds.argv(),
         *argv,
-        *f"--num-samples {samples} --epochs {EPOCHS} --episodes-per-epoch 40 --grace-period {EPOCHS}".split(),
+        *f"--num-samples {SAMPLES} --epochs {EPOCHS} --episodes-per-epoch 40 --grace-period {EPOCHS}".split(),
         *"--max-concurrent 1 --num-cpus 2".split(),
     ]
 
@@ -54,6 +59,11 @@ def _wait_for(condition, timeout_s: float, what: str, process: subprocess.Popen,
             pass
         time.sleep(0.3)
     raise AssertionError(f"timed out waiting for {what}:\n{log.read_text()[-3000:]}")
+
+
+def _ended(process: subprocess.Popen, log: Path):  # noqa: ANN202
+    """For TrialHolds.wait: why waiting is pointless (the study ended), or None."""
+    return lambda: None if process.poll() is None else f"the study ended:\n{log.read_text()[-3000:]}"
 
 
 def _launch(argv: list[str], cwd: Path, out) -> subprocess.Popen:  # noqa: ANN001
@@ -136,13 +146,18 @@ def test_a_stopped_server_is_replayed_by_sync_mlflow_once(tiny_hw4_master: Path,
     port = int(server.url.rsplit(":", 1)[1])
     client = MlflowClient(server.url)
     log = tmp_path / "study.log"
+    second_trial = EPOCHS + 1  # its first report
+    holds = TrialHolds(tmp_path / "holds", [second_trial])
     with log.open("w") as out:
-        study = _launch(_study_argv(tiny_hw4_master, tmp_path, server.url, "outage"), tmp_path, out)
+        study = _launch(_study_argv(tiny_hw4_master, tmp_path, server.url, "outage", holds), tmp_path, out)
         try:
+            holds.wait(second_trial, failed=_ended(study, log))
             _wait_for_a_finished_run(client, study, log)
-            server.stop()  # the tracking server goes away mid-study
+            server.stop()  # the tracking server goes away mid-study: three trials are still to report
+            holds.release(second_trial)
             assert study.wait(timeout=360) == 0, log.read_text()[-3000:]
         finally:
+            holds.release_all()
             if study.poll() is None:
                 study.kill()
     output = log.read_text()
@@ -177,19 +192,25 @@ def test_a_server_back_before_the_study_ends_is_caught_up_by_the_study(tiny_hw4_
     client = MlflowClient(server.url)
     study_path = tmp_path / "results" / "back"
     log = tmp_path / "study.log"
+    # The second trial is held at its first report until the server is stopped, and at its second one until the
+    # server answers again: results come in while the server is away, and the study is still running when it is back.
+    first_epoch, second_epoch = EPOCHS + 1, EPOCHS + 2
+    holds = TrialHolds(tmp_path / "holds", [first_epoch, second_epoch])
     with log.open("w") as out:
-        study = _launch(_study_argv(tiny_hw4_master, tmp_path, server.url, "back", samples=8), tmp_path, out)
+        study = _launch(_study_argv(tiny_hw4_master, tmp_path, server.url, "back", holds), tmp_path, out)
         try:
+            holds.wait(first_epoch, failed=_ended(study, log))
             _wait_for_a_finished_run(client, study, log)
             server.stop()
-            # Two more trials start (and report) while the server is away; five more are left for it to come back in
-            # (trials reuse one process, so each is only a few seconds).
-            started = lambda: len(list(study_path.glob("trial-*/result.json"))) >= 3  # noqa: E731
-            _wait_for(started, 240, "two more trials to report", study, log)
-            _wait_for(lambda: "warning: MLflow at" in log.read_text(), 60, "the study to notice", study, log)
+            holds.release(first_epoch)  # its first epoch is reported while the server is away
+            holds.wait(second_epoch, failed=_ended(study, log))
+            _wait_for(lambda: "warning: MLflow at" in log.read_text(), 120, "the study to notice", study, log)
             server = start_mlflow_server(tmp_path / "server", port=port)
+            assert study.poll() is None and holds.is_held(second_epoch)  # the study has trials left to run
+            holds.release(second_epoch)
             assert study.wait(timeout=360) == 0, log.read_text()[-3000:]
         finally:
+            holds.release_all()
             if study.poll() is None:
                 study.kill()
             server.stop()
