@@ -2,6 +2,7 @@
 trials are not rerun, MLflow has exactly one child per trial with each epoch logged once, and the Optuna sampler
 continues with the finished trials as its history."""
 
+import contextlib
 import json
 import os
 import pickle
@@ -16,11 +17,12 @@ import optuna
 import pandas as pd
 import pytest
 from conftest import tiny_study_argv
+from trial_holds import TrialHolds
 
 pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = 4
+SAMPLES, EPOCHS = 4, 3
 
 
 def _children(uri: str) -> pd.DataFrame:
@@ -34,43 +36,78 @@ def _children(uri: str) -> pd.DataFrame:
     return runs[runs["tags.fsl.role"] == "trial"]
 
 
+def _snapshot_has_a_checkpoint(study: Path, trial_id: str) -> bool:
+    """Whether the study's saved state (what --resume restores, read with Tune's own reader) knows the trial and
+    a checkpoint of it."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        trials = ExperimentAnalysis(str(study)).trials
+    except Exception:  # not written yet
+        return False
+    return any(trial.trial_id == trial_id and trial.checkpoint is not None for trial in trials)
+
+
 def test_resume_after_the_driver_is_killed(tiny_hw4_master: Path, tmp_path: Path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    argv = [
-        sys.executable,
-        str(ROOT / "studies" / "protonet_search.py"),
+    study = tmp_path / "results" / "interrupted"
+    flags = [
         *tiny_study_argv(tiny_hw4_master, tmp_path, "resume", "interrupted"),
-        *f"--num-samples {SAMPLES} --epochs 3 --episodes-per-epoch 40 --grace-period 3".split(),
+        *f"--num-samples {SAMPLES} --epochs {EPOCHS} --episodes-per-epoch 40 --grace-period {EPOCHS}".split(),
         *"--max-concurrent 1 --num-cpus 2".split(),
     ]
+    # One trial at a time, none stopped early: the third trial is held before it reports its second epoch, so the
+    # driver is killed with two trials done, a third one mid-way (an epoch logged, more to come), one to suggest.
+    interrupted_report = 2 * EPOCHS + 2
+    holds = TrialHolds(tmp_path / "holds", [interrupted_report])
     env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
-    with open(tmp_path / "first.log", "w") as log:
+    log_path = tmp_path / "first.log"
+    with open(log_path, "w") as log:
         first = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env, start_new_session=True
+            [*holds.argv(), *flags], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env, start_new_session=True
         )
-        deadline = time.monotonic() + 240
-        finished = running = pd.DataFrame()
-        while time.monotonic() < deadline and first.poll() is None:
-            children = _children(uri)
-            if not children.empty and "metrics.val_acc" in children:
-                finished = children[children["status"] == "FINISHED"]
-                running = children[(children["status"] == "RUNNING") & children["metrics.val_acc"].notna()]
-                if len(finished) == 2 and len(running) == 1:
-                    break  # two trials done, a third one mid-way (an epoch logged, more to come), one to suggest
-            time.sleep(0.2)
-        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        assert len(finished) == 2 and len(running) == 1
-        os.kill(first.pid, signal.SIGKILL)  # the driver dies mid-study
-        first.wait()
-        os.killpg(first.pid, signal.SIGKILL)  # and the local Ray it started
+        try:
+            ended = lambda: None if first.poll() is None else log_path.read_text()[-3000:]  # noqa: E731
+            holds.wait(interrupted_report, failed=ended)
+            # The driver is not held: it logs the third trial's first epoch and saves the study's state with that
+            # epoch's checkpoint (Tune does so after each checkpoint).
+            deadline = time.monotonic() + 120
+            while True:
+                assert first.poll() is None, log_path.read_text()[-3000:]
+                children = _children(uri)
+                finished = running = pd.DataFrame()
+                if not children.empty and "metrics.val_acc" in children:
+                    finished = children[children["status"] == "FINISHED"]
+                    running = children[(children["status"] == "RUNNING") & children["metrics.val_acc"].notna()]
+                if (
+                    len(finished) == 2
+                    and len(running) == 1
+                    and _snapshot_has_a_checkpoint(study, running["tags.fsl.trial_id"].iloc[0])
+                ):
+                    break
+                assert time.monotonic() < deadline, f"guard: {children.to_dict('records')}"
+                time.sleep(0.2)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(first.pid, signal.SIGKILL)  # the driver dies mid-study
+                first.wait()
+                os.killpg(first.pid, signal.SIGKILL)  # and the local Ray it started, with the held trial
     client = mlflow.MlflowClient(uri)
     histories = {run_id: len(client.get_metric_history(run_id, "val_acc")) for run_id in finished["run_id"]}
     interrupted_run = running["run_id"].iloc[0]
     interrupted_trial = running["tags.fsl.trial_id"].iloc[0]
-    # An epoch reaches MLflow only after its checkpoint is in storage, so the resumed trial must go on from there.
+    # The study's saved state had the checkpoint of the last epoch MLflow logged: the resumed trial goes on from there.
     logged_before_kill = max(m.step for m in client.get_metric_history(interrupted_run, "val_acc"))
+    assert logged_before_kill == 1
 
-    resumed = subprocess.run([*argv, "--resume"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, str(ROOT / "studies" / "protonet_search.py"), *flags, "--resume"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
 
     children = _children(uri)
@@ -84,7 +121,7 @@ def test_resume_after_the_driver_is_killed(tiny_hw4_master: Path, tmp_path: Path
     # The trial that was running continued in its own child run, from its checkpoint, to its last epoch.
     assert interrupted_run in set(children["run_id"])
     assert [m.step for m in client.get_metric_history(interrupted_run, "val_acc")] == [1, 2, 3]
-    results = (tmp_path / "results" / "interrupted" / f"trial-{interrupted_trial}" / "result.json").read_text()
+    results = (study / f"trial-{interrupted_trial}" / "result.json").read_text()
     rows = [json.loads(line) for line in results.splitlines()]
     # Tune keeps result.json on the driver and copies it to storage with its snapshot (every second here), so the
     # rows of the last second before the kill can be missing from it (MLflow has them: checked above). What must
@@ -93,12 +130,12 @@ def test_resume_after_the_driver_is_killed(tiny_hw4_master: Path, tmp_path: Path
     assert epochs == sorted(set(epochs)) and epochs[-1] == 3, epochs
     resumed_rows = [row["epoch"] for row in rows if row["pid"] != rows[0]["pid"]] or epochs
     assert resumed_rows[0] == logged_before_kill + 1, (rows, logged_before_kill)
-    table = pd.read_csv(tmp_path / "results" / "interrupted" / "results.csv")
+    table = pd.read_csv(study / "results.csv")
     assert len(table) == SAMPLES and set(table["mlflow_run_id"]) == set(children["run_id"])
 
     # The Optuna sampler went on from where it was. Tune saves the searcher (OptunaSearch.save: its __dict__) with
     # every study snapshot, one file per driver session: the killed driver's last one, and the resumed driver's.
-    states = sorted((tmp_path / "results" / "interrupted").glob("searcher-state-*.pkl"))  # by session start
+    states = sorted(study.glob("searcher-state-*.pkl"))  # by session start
     assert len(states) == 2
     killed_state, final_state = (pickle.loads(path.read_bytes()) for path in states)
     numbers = {trial_id: ot_trial.number for trial_id, ot_trial in final_state["_ot_trials"].items()}
