@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Sequence
@@ -165,7 +164,7 @@ def choose_columns(driver: WebDriver, show: dict[str, Iterable[str]], hide: Iter
             found = [node for g, text, node in _column_selector_nodes(d) if g == group and text == name]
             return found[0] if found else None
 
-        node = _wait(driver, node_for, f"the Columns selector lists no {group[:-1].lower()} '{name}'", 10)
+        node = _wait(driver, node_for, f"the Columns selector lists no {group[:-1].lower()} '{name}'")
         checked = "checkbox-checked" in (node.get_attribute("class") or "")
         if checked != on:
             node.find_element(By.CSS_SELECTOR, ".du-bois-light-tree-checkbox").click()
@@ -173,19 +172,43 @@ def choose_columns(driver: WebDriver, show: dict[str, Iterable[str]], hide: Iter
                 driver,
                 lambda d, n=node_for, on=on: ("checkbox-checked" in (n(d).get_attribute("class") or "")) == on,
                 f"the Columns selector did not {'tick' if on else 'untick'} '{name}'",
-                10,
             )
     search.send_keys(Keys.ESCAPE)
     _wait(driver, lambda d: not d.find_elements(By.CSS_SELECTOR, "[data-testid=column-selector-tree]"), "close")
 
 
+def _header(driver: WebDriver, column: str) -> list[WebElement]:
+    return driver.find_elements(By.CSS_SELECTOR, f"[role=columnheader][col-id='{column}']")
+
+
+def _cells_in_view(driver: WebDriver, run_ids: Sequence[str], columns: Sequence[str]) -> bool:
+    """Whether every run has its cell in each of the columns whose header is rendered: ag-grid renders a column's
+    header and then, on a later animation frame, its cells."""
+    shown = [column for column in columns if _header(driver, column)]
+    return all(_row_cell(driver, run_id, column) is not None for column in shown for run_id in run_ids)
+
+
 def _cell_texts(driver: WebDriver, run_ids: Sequence[str], columns: Sequence[str]) -> dict[tuple[str, str], str]:
     """The text of each (run, column) cell. ag-grid renders only the columns in view, so the table is scrolled
-    sideways until every cell has been seen (or the end is reached)."""
+    sideways until every cell has been seen (or the end is reached); at each position the cells of the columns
+    in view are waited for."""
     texts: dict[tuple[str, str], str] = {}
     scroller = driver.find_elements(By.CSS_SELECTOR, ".ag-body-horizontal-scroll-viewport")
+    body = driver.find_elements(By.CSS_SELECTOR, ".ag-center-cols-viewport")
     position = 0
+
+    def scrolled(d: WebDriver) -> bool:
+        """The grid's body has followed its scroll bar (and so has drawn the columns now in view)."""
+        if not scroller or not body:
+            return True
+        return d.execute_script("return arguments[0].scrollLeft == arguments[1].scrollLeft", scroller[0], body[0])
+
     while True:
+        _wait(
+            driver,
+            lambda d: scrolled(d) and _cells_in_view(d, run_ids, columns),
+            f"the runs table does not render the cells of the columns in view (scrolled to {position} px)",
+        )
         for run_id in run_ids:
             for column in columns:
                 if (run_id, column) not in texts and (cell := _row_cell(driver, run_id, column)) is not None:
@@ -199,7 +222,6 @@ def _cell_texts(driver: WebDriver, run_ids: Sequence[str], columns: Sequence[str
             break
         position += max(width // 2, 100)
         driver.execute_script("arguments[0].scrollLeft = arguments[1]", scroller[0], position)
-        time.sleep(0.2)  # ag-grid renders the newly visible columns on its next animation frame
     if position:
         driver.execute_script("arguments[0].scrollLeft = 0", scroller[0])
     return texts
@@ -248,17 +270,20 @@ def expand_run(driver: WebDriver, parent_id: str, child_ids: Sequence[str]) -> N
         cell = _row_cell(d, parent_id, RUN_NAME)
         return cell.find_elements(By.TAG_NAME, "button") if cell is not None else []
 
-    try:
-        buttons = _wait(driver, expander, "", 5)
-    except AssertionError:
+    # The parent's row shows an expander, or (runs that are not nested) the children are rows of their own: either
+    # way the table has drawn the runs, and whether the parent has an expander is known.
+    listed = lambda d: all(_run_link(d, child) for child in child_ids)  # noqa: E731
+    _wait(driver, lambda d: expander(d) or listed(d), "the runs table shows neither children nor an expander")
+    buttons = expander(driver)
+    if not buttons:
         raise AssertionError(
             f"the parent run {parent_id} has no expander in the runs table: no child runs are nested under it"
-        ) from None
+        )
     if not all(_run_link(driver, child) for child in child_ids):
         buttons[0].click()
     missing = lambda d: [child for child in child_ids if _run_link(d, child) is None]  # noqa: E731
     try:
-        _wait(driver, lambda d: not missing(d), "", 15)
+        _wait(driver, lambda d: not missing(d), "")
     except AssertionError:
         raise AssertionError(
             f"after expanding the parent run {parent_id}, the runs table does not list its child runs {missing(driver)}"
@@ -296,12 +321,8 @@ def check_experiment_page(
     for column in columns:
         _wait(
             driver,
-            lambda d, c=column: (
-                d.find_elements(By.CSS_SELECTOR, f"[role=columnheader][col-id='{c}']")
-                or _cell_texts(d, child_ids[:1], [c])
-            ),
+            lambda d, c=column: _header(d, c) or _cell_texts(d, child_ids[:1], [c]),
             f"the runs table has no column {column}",
-            10,
         )
     texts = _cell_texts(driver, child_ids, columns)
     missing = [
@@ -362,7 +383,6 @@ def _compare_metric(driver: WebDriver, name: str) -> list[str] | None:
         driver,
         lambda d: grids[1].find_elements(By.XPATH, f".//div[contains(@style, 'top: {top};')]"),
         f"the compare view shows no values of the metric {name}",
-        10,
     )
     cells.sort(key=lambda cell: float(driver.execute_script("return parseFloat(arguments[0].style.left)", cell)))
     return [_text(cell) for cell in cells]
