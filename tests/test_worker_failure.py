@@ -1,6 +1,7 @@
-"""A Ray Train worker of a 2-worker DDP trial is killed (SIGKILL) mid-epoch: Ray Train replaces the worker group
-and the new one continues from the last checkpoint, so the study still succeeds, every epoch is trained and
-reported once, and the trial's one MLflow child run has each epoch once."""
+"""A Ray Train worker of a 2-worker DDP trial is killed (SIGKILL) with an epoch trained and not yet reported: Ray
+Train replaces the worker group and the new one continues from the last checkpoint, so the study still succeeds,
+every epoch is trained and reported once, and the trial's one MLflow child run has each epoch once. The worker is
+held at that point (tests/trial_holds.py) until it is killed."""
 
 import json
 import os
@@ -14,13 +15,13 @@ import pandas as pd
 import pytest
 from conftest import tiny_study_argv
 from ray._private import state as gcs_state
-
-from studies.protonet_search import main
+from trial_holds import TrialHolds
 
 pytestmark = pytest.mark.ray
 
 FIXED = "--param lr=0.002 --param augment=flip --param head_depth=1 --param distance=cosine --param train_way=5"
 EPOCHS = 3
+SECOND_EPOCH = 2  # report 2 of the study's one trial
 WORKER_CLASS = "RayTrainWorker"
 
 
@@ -32,25 +33,34 @@ def _train_workers(state: str | None = None) -> list[dict]:
     return [actor for actor in actors if actor["ActorClassName"] == WORKER_CLASS]
 
 
-def _kill_a_worker_after_the_first_epoch(uri: str, killed: dict, stop: threading.Event) -> None:
-    client = mlflow.MlflowClient(uri)
-    while not stop.is_set():
-        time.sleep(0.1)
+class HeldWorkerKiller(threading.Thread):
+    """Once rank 0 is held before it reports the second epoch (the first one logged in MLflow, the second one
+    trained), kills it: the trial still has epochs to go, however fast the machine."""
+
+    def __init__(self, holds: TrialHolds, uri: str) -> None:
+        super().__init__(daemon=True)
+        self.holds, self.uri = holds, uri
+        self.killed: dict = {}
+        self.error: BaseException | None = None
+        self.study_ended = threading.Event()
+
+    def run(self) -> None:
         try:
+            pid = self.holds.wait(SECOND_EPOCH, failed=lambda: "the study ended" if self.study_ended.is_set() else None)
+            client = mlflow.MlflowClient(self.uri)
             experiment = client.get_experiment_by_name("worker-failure")
-            runs = client.search_runs([experiment.experiment_id], "tags.`fsl.role` = 'trial'") if experiment else []
-        except Exception:  # the store is being created
-            continue
-        if len(runs) != 1:
-            continue
-        logged = [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_acc")]
-        alive = _train_workers("ALIVE")
-        if not logged or len(alive) != 2:
-            continue
-        victim = min(alive, key=lambda actor: actor["Pid"])
-        killed.update(pid=victim["Pid"], actor_id=victim["ActorID"], epochs_logged=len(logged))
-        os.kill(victim["Pid"], signal.SIGKILL)  # mid-epoch: the next epoch started when this one was reported
-        return
+            (run,) = client.search_runs([experiment.experiment_id], "tags.`fsl.role` = 'trial'")
+            deadline = time.monotonic() + 120
+            while not (logged := [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]):
+                assert time.monotonic() < deadline, "guard: the first epoch never reached MLflow"
+                time.sleep(0.1)
+            (victim,) = [actor for actor in _train_workers("ALIVE") if actor["Pid"] == pid]
+            self.killed.update(pid=pid, actor_id=victim["ActorID"], epochs_logged=len(logged))
+            os.kill(pid, signal.SIGKILL)
+        except BaseException as err:  # reported by the test, after the study ends
+            self.error = err
+        finally:
+            self.holds.release_all()  # a hold left in place would keep the study waiting
 
 
 def test_a_killed_train_worker_is_replaced_and_the_trial_resumes_from_its_checkpoint(
@@ -58,22 +68,23 @@ def test_a_killed_train_worker_is_replaced_and_the_trial_resumes_from_its_checkp
 ):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     argv = tiny_study_argv(tiny_hw4_master, tmp_path, "worker-failure", "worker-kill") + [
-        *f"--num-samples 1 --epochs {EPOCHS} --episodes-per-epoch 120".split(),
+        *f"--num-samples 1 --epochs {EPOCHS} --episodes-per-epoch 40".split(),
         *"--workers-per-trial 2 --cpus-per-worker 1".split(),
         *FIXED.split(),
     ]
-    killed: dict = {}
-    stop = threading.Event()
-    watcher = threading.Thread(target=_kill_a_worker_after_the_first_epoch, args=(uri, killed, stop), daemon=True)
-    watcher.start()
+    holds = TrialHolds(tmp_path / "holds", [SECOND_EPOCH])
+    killer = HeldWorkerKiller(holds, uri)
+    killer.start()
     try:
-        assert main(argv) == 0
+        assert holds.run(argv) == 0
     finally:
-        stop.set()
-        watcher.join(timeout=10)
+        killer.study_ended.set()
+        killer.join(timeout=60)
+    if killer.error is not None:
+        raise killer.error
+    killed = killer.killed
 
-    assert killed, "no Train worker was killed"
-    assert killed["epochs_logged"] < EPOCHS  # the kill came while the trial still had epochs to train
+    assert killed["epochs_logged"] == SECOND_EPOCH - 1  # killed with the second epoch trained, not reported
 
     # Ray Train, not Tune, recovered: the killed worker is dead, its group was replaced once (2 + 2 workers),
     # and Tune never saw the trial fail (its own record of the trial: no failures).
