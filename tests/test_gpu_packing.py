@@ -1,16 +1,16 @@
 """GPU packing on a real local Ray that declares one logical GPU (no GPU is needed: Ray schedules on the
 declared resource, and the trials train on the CPU because torch sees no CUDA device): single-worker trials
-of --gpus-per-worker 0.25 share the GPU four at a time."""
+of --gpus-per-worker 0.25 share the GPU four at a time (shown by holding four trials at once, tests/trial_holds.py)."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import mlflow
 import pytest
 from conftest import tiny_study_argv
-
-from studies.protonet_search import main
+from trial_holds import TrialHolds
 
 pytestmark = pytest.mark.ray
 
@@ -49,19 +49,38 @@ def test_quarter_gpu_trials_run_four_at_once(ray_with_one_gpu, tiny_hw4_master: 
     assert concurrency(quarter) == 4  # 1 GPU / 0.25, though 6 CPUs would fit six
 
     argv = tiny_study_argv(tiny_hw4_master, tmp_path, "packing", "quarter-gpus") + [
-        *"--num-samples 6 --epochs 5 --episodes-per-epoch 40 --gpus-per-worker 0.25".split(),
+        *"--num-samples 6 --epochs 2 --episodes-per-epoch 10 --gpus-per-worker 0.25".split(),
         *"--param lr=0.002 --param augment=none --param head_depth=0 --param train_way=5".split(),
-        *"--grace-period 5".split(),  # no early stopping: every trial runs as long as the others
+        *"--grace-period 2".split(),  # no early stopping
     ]
-    assert main(argv) == 0
+    # Each of the first four reports is held: a held trial reports nothing more, so they come from four trials,
+    # and all four wait at once (a fifth trial could only start when one of them ends).
+    holds = TrialHolds(tmp_path / "holds", range(1, 5))
+    study_ended = threading.Event()
+    held: list[int] = []
+
+    def wait_for_four() -> None:
+        try:
+            failed = lambda: "the study ended" if study_ended.is_set() else None  # noqa: E731
+            held.extend(holds.wait(number, failed=failed) for number in range(1, 5))
+        finally:
+            holds.release_all()
+
+    waiter = threading.Thread(target=wait_for_four, daemon=True)
+    waiter.start()
+    try:
+        assert holds.run(argv) == 0
+    finally:
+        study_ended.set()
+        waiter.join(timeout=60)
+    assert len(set(held)) == 4, held  # four trial processes held at the same time
+
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["packing"])
     children = runs[runs["tags.fsl.role"] == "trial"]
     assert len(children) == 6 and (children["status"] == "FINISHED").all()
     intervals = [(int(r.start_time.value), int(r.end_time.value)) for r in children.itertuples()]
-    # Trials last several seconds (Tune starts one about every second), so four are open at once.
-    durations = sorted((end - start) / 1e9 for start, end in intervals)
-    assert max_overlap(intervals) == 4, f"trial durations {durations} s"
+    assert max_overlap(intervals) == 4  # the four held runs were open together, and never a fifth
     parent = runs[runs["tags.fsl.role"] == "study"].iloc[0]
     assert parent["params.gpus_per_worker"] == "0.25"
     assert parent["tags.fsl.hardware"].startswith("6 CPU, 1 GPU")

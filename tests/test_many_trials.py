@@ -1,75 +1,101 @@
 """Many trials at once: a 60-trial study of tiny trials ends with 60 MLflow children, each with all its
-metrics, while another process holds the SQLite store's write lock longer than MLflow waits for it (so MLflow
+metrics, while another connection holds the SQLite store's write lock longer than MLflow waits for it (so MLflow
 raises "database is locked" and the study retries)."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 import threading
 from pathlib import Path
+from typing import TextIO
 
 import pandas as pd
 import pytest
 from conftest import tiny_study_argv
 from mlflow import MlflowClient
+from trial_holds import TrialHolds
 
 from fsl.tracking.mlflow_callback import EPOCH_METRICS
-from studies.protonet_search import main
 
 pytestmark = pytest.mark.ray
 
 TRIALS, EPOCHS = 60, 2
-# Longer than the busy timeout MLflow sets on its SQLite sessions (20 s) by enough that a write the study tries
-# in the first 25 s of the hold fails rather than waits.
-HOLD_S = 45.0
+LOCK_WARNING = "is locked by another process; retrying"
+# A guard only: the lock is kept until the study says it met it, which a write does after the busy timeout MLflow
+# sets on its SQLite sessions (20 s).
+HOLD_GUARD_S = 180.0
+
+
+class StderrWatch:
+    """sys.stderr as the study writes to it, with an event set when a line contains `text`."""
+
+    def __init__(self, stream: TextIO, text: str) -> None:
+        self.stream, self.text, self.seen = stream, text, threading.Event()
+
+    def write(self, data: str) -> int:
+        if self.text in data:
+            self.seen.set()
+        return self.stream.write(data)
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self.stream, name)
 
 
 class LockHolder(threading.Thread):
-    """Another writer on the tracking database: once the study has logged `after_runs` runs (so it is logging
-    steadily), takes SQLite's exclusive lock for HOLD_S."""
+    """Another writer on the tracking database: while a trial is held before one of its reports (so the study has
+    that report, and more, still to log), takes SQLite's exclusive lock, releases the trial, and keeps the lock
+    until the study has said that it waits for it."""
 
-    def __init__(self, database: Path, after_runs: int) -> None:
+    def __init__(self, database: Path, holds: TrialHolds, report: int, study_waits: threading.Event) -> None:
         super().__init__(daemon=True)
-        self.database, self.after_runs = database, after_runs
+        self.database, self.holds, self.report, self.study_waits = database, holds, report, study_waits
         self.held = 0
-        self.stop = threading.Event()
-
-    def runs_logged(self) -> int:
-        try:
-            with sqlite3.connect(self.database, timeout=60) as connection:
-                return connection.execute("SELECT count(*) FROM runs").fetchone()[0]
-        except sqlite3.Error:  # not created yet
-            return 0
+        self.error: BaseException | None = None
+        self.study_ended = threading.Event()
 
     def run(self) -> None:
-        while self.runs_logged() < self.after_runs:
-            if self.stop.wait(0.5):
-                return
-        connection = sqlite3.connect(self.database, timeout=60)
         try:
-            connection.execute("BEGIN EXCLUSIVE")
-            self.held += 1
-            self.stop.wait(HOLD_S)
-            connection.rollback()
+            self.holds.wait(self.report, failed=lambda: "the study ended" if self.study_ended.is_set() else None)
+            connection = sqlite3.connect(self.database, timeout=60)
+            try:
+                connection.execute("BEGIN EXCLUSIVE")
+                self.held += 1
+                self.holds.release(self.report)
+                if not self.study_waits.wait(HOLD_GUARD_S):
+                    raise AssertionError(f"guard: the study did not report the lock within {HOLD_GUARD_S:.0f} s")
+                connection.rollback()
+            finally:
+                connection.close()
+        except BaseException as err:  # reported by the test, after the study ends
+            self.error = err
         finally:
-            connection.close()
+            self.holds.release_all()
 
 
-def test_sixty_trials_all_logged_while_the_store_is_locked(local_ray, tiny_hw4_master: Path, tmp_path: Path, capsys):
+def test_sixty_trials_all_logged_while_the_store_is_locked(
+    local_ray, tiny_hw4_master: Path, tmp_path: Path, capsys, monkeypatch
+):
     database = tmp_path / "mlflow.db"
-    holder = LockHolder(database, after_runs=6)
+    report = 12  # by then the study logs steadily: a few trials have started, run and ended
+    holds = TrialHolds(tmp_path / "holds", [report])
+    stderr = StderrWatch(sys.stderr, LOCK_WARNING)
+    monkeypatch.setattr(sys, "stderr", stderr)
+    holder = LockHolder(database, holds, report, stderr.seen)
     holder.start()
     argv = tiny_study_argv(tiny_hw4_master, tmp_path, "many", "many")
     argv += f"--num-samples {TRIALS} --epochs {EPOCHS} --episodes-per-epoch 2 --grace-period {EPOCHS}".split()
     try:
-        assert main(argv) == 0
+        assert holds.run(argv) == 0
     finally:
-        holder.stop.set()
-        holder.join(timeout=HOLD_S + 10)
+        holder.study_ended.set()
+        holder.join(timeout=HOLD_GUARD_S + 10)
+    if holder.error is not None:
+        raise holder.error
     err = capsys.readouterr().err
     assert holder.held == 1
-    assert "is locked by another process; retrying" in err  # the fault really reached the study
+    assert LOCK_WARNING in err  # the fault really reached the study
 
     client = MlflowClient(f"sqlite:///{database}")
     experiment = client.get_experiment_by_name("many")
