@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,19 @@ _RAY_FORWARDED = re.compile(r"^(\x1b\[[0-9;]*m)*\((raylet|[^)]*pid=\d+[^)]*)\)")
 def own_stderr(err: str) -> str:
     """stderr without the lines Ray forwarded from its processes: what the code under test wrote."""
     return "".join(line for line in err.splitlines(keepends=True) if not _RAY_FORWARDED.match(line))
+
+
+def rewrite_visibly(path: Path, data: bytes, guard_s: float = 10.0) -> None:
+    """Write `data` over `path` so that its change time moves: a file system stamps times at its own granularity,
+    so a write within the same tick as the last change leaves the file's times as they were (what a cache keyed
+    by size and times compares). The write is repeated until they move."""
+    before = path.stat().st_ctime_ns
+    deadline = time.monotonic() + guard_s
+    path.write_bytes(data)
+    while path.stat().st_ctime_ns == before:
+        assert time.monotonic() < deadline, f"guard: {path}'s change time did not move in {guard_s:.0f} s"
+        time.sleep(0.001)
+        path.write_bytes(data)
 
 
 TINY_EPISODES = {"n_way": 5, "k_shot": 1, "n_query": 5, "n_episodes": 30}

@@ -5,7 +5,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ import pandas as pd
 import pytest
 import ray
 import torch
-from conftest import tiny_study_argv
+from conftest import own_stderr, tiny_study_argv
 from PIL import Image
 
 from studies.protonet_search import main
@@ -220,9 +219,8 @@ def test_bad_input_is_one_line_before_ray(tiny_hw4: Path, tmp_path: Path, capsys
     if damage:
         damage(tiny_hw4)
     argv = tiny_study_argv(tiny_hw4, tmp_path, "errors") + (args(tiny_hw4) if callable(args) else args)
-    started = time.monotonic()
     assert main(argv) == 2
-    assert time.monotonic() - started < 60
+    assert not ray.is_initialized()  # it stopped before starting Ray (or attaching to a cluster)
     _one_error(capsys, message)
 
 
@@ -272,14 +270,11 @@ def test_gpus_on_a_cluster_without_gpus_fails_before_any_trial(tiny_hw4: Path, t
 
         check_ray_address(ray.get_runtime_context().gcs_address)  # a live cluster passes the --address check
         capsys.readouterr()
-        started = time.monotonic()
         code = main([*tiny_study_argv(tiny_hw4, tmp_path, "errors", "gpu"), "--gpus-per-worker", "1"])
-        elapsed = time.monotonic() - started
-        err = capsys.readouterr().err.strip().splitlines()
+        err = own_stderr(capsys.readouterr().err).strip().splitlines()  # without what this Ray's raylet forwards
     finally:
         ray.shutdown()
     assert code == 2
-    assert elapsed < 60
     assert err == [
         "error: --gpus-per-worker 1: the Ray cluster has no GPUs (its resources: 2 CPUs, 0 GPUs); "
         "use --gpus-per-worker 0 or attach to a cluster with GPUs"

@@ -1,13 +1,14 @@
 """Reading the HW4 layout and ImageFolder trees, decoding with the on-disk cache, episodes, augmentation."""
 
+import io
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import rewrite_visibly
 from PIL import Image
 
 from fsl.data.augment import augment, color_jitter, parse_policy, random_flip, random_resized_crop
@@ -139,8 +140,9 @@ def test_decoded_cache_is_reused_and_invalidated(tiny_hw4: Path, tmp_path: Path)
 
     # An image changed after caching: detected, decoded again.
     name = pd.read_csv(tiny_hw4 / "val.csv")["filename"][0]
-    time.sleep(0.01)
-    Image.new("RGB", (16, 16), (1, 2, 3)).save(tiny_hw4 / "val" / name)
+    png = io.BytesIO()
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(png, format="PNG")
+    rewrite_visibly(tiny_hw4 / "val" / name, png.getvalue())
     changed = decode_split(read_split(tiny_hw4, "val"), 16, cache)
     assert tuple(changed.images[0, 0, 0]) == (1, 2, 3)
 
