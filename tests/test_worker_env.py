@@ -1,4 +1,4 @@
-"""The allocator settings a study's Ray workers start with (fsl.distributed.worker_env): what start_ray passes
+"""The allocator (and Tune) settings a study's Ray workers start with (fsl.distributed.worker_env): what start_ray passes
 to ray.init reaches a real Ray worker's environment at its start (where glibc reads it), and a value the user
 set wins over the default."""
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from fsl.distributed.worker_env import MALLOC_DEFAULTS, worker_env_vars, worker_runtime_env
+from fsl.distributed.worker_env import WORKER_DEFAULTS, worker_env_vars, worker_runtime_env
 from fsl.study.runner import StudySettings, ray_init_args
 
 pytestmark = pytest.mark.ray
@@ -18,9 +18,10 @@ def test_defaults_unless_the_user_set_a_variable():
         "MALLOC_ARENA_MAX": "1",
         "MALLOC_MMAP_THRESHOLD_": "4294967296",
         "MALLOC_TRIM_THRESHOLD_": "4294967296",
+        "TUNE_FUNCTION_THREAD_TIMEOUT_S": "60",
     }
     mine = worker_env_vars({"MALLOC_ARENA_MAX": "4", "PATH": "/bin"})
-    assert mine == {**MALLOC_DEFAULTS, "MALLOC_ARENA_MAX": "4"}
+    assert mine == {**WORKER_DEFAULTS, "MALLOC_ARENA_MAX": "4"}
 
 
 def test_a_cluster_address_gets_the_same_worker_environment():
@@ -43,7 +44,7 @@ def test_a_study_worker_starts_with_the_settings(tmp_path: Path, monkeypatch: py
         def environment_at_start() -> dict[str, str]:
             # /proc/self/environ is the environment the process was started with: what glibc read.
             entries = open("/proc/self/environ", "rb").read().decode().split("\0")
-            return dict(entry.split("=", 1) for entry in entries if entry.startswith("MALLOC_"))
+            return dict(entry.split("=", 1) for entry in entries if entry.startswith(("MALLOC_", "TUNE_FUNCTION")))
 
         seen = ray.get(environment_at_start.remote())
     finally:
@@ -52,4 +53,5 @@ def test_a_study_worker_starts_with_the_settings(tmp_path: Path, monkeypatch: py
         "MALLOC_ARENA_MAX": "2",
         "MALLOC_MMAP_THRESHOLD_": str(4 << 30),
         "MALLOC_TRIM_THRESHOLD_": str(4 << 30),
+        "TUNE_FUNCTION_THREAD_TIMEOUT_S": "60",
     }

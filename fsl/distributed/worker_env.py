@@ -1,5 +1,5 @@
 """The environment of the Ray processes that train: glibc's allocator set up for the large, short-lived tensors
-of a training step on CPUs.
+of a training step on CPUs, and Tune given time to end a stopped trial before its process runs the next one.
 
 By default glibc hands every freed block above 32 MiB back to the kernel and maps it again, zero-filled, at the
 next step; and a thread other than the main one (Tune runs each trial's function in one) allocates from an
@@ -24,12 +24,19 @@ MALLOC_DEFAULTS = {
     "MALLOC_TRIM_THRESHOLD_": str(4 << 30),  # and freed memory stays there for the next step (up to 4 GiB)
 }
 
+# A trial process that Tune reuses (fsl.study.runner) first waits for the stopped trial's thread to end; if it has
+# not ended in TUNE_FUNCTION_THREAD_TIMEOUT_S (Tune's default: 2 s) the next trial fails ("Could not re-use
+# actor"). Ending takes milliseconds, but on a loaded machine the thread may not run for seconds: a time limit
+# there would make a study's result depend on the machine's load, so it is a guard only.
+TUNE_DEFAULTS = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": "60"}
+WORKER_DEFAULTS = {**MALLOC_DEFAULTS, **TUNE_DEFAULTS}
+
 
 def worker_env_vars(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The allocator settings the study's Ray workers start with: MALLOC_DEFAULTS, except where `environ`
-    (the driver's environment) already sets a variable, whose value is passed on instead."""
+    """The settings the study's Ray workers start with: WORKER_DEFAULTS, except where `environ` (the driver's
+    environment) already sets a variable, whose value is passed on instead."""
     environ = os.environ if environ is None else environ
-    return {name: environ.get(name, default) for name, default in MALLOC_DEFAULTS.items()}
+    return {name: environ.get(name, default) for name, default in WORKER_DEFAULTS.items()}
 
 
 def worker_runtime_env() -> dict[str, dict[str, str]]:
