@@ -78,10 +78,10 @@ def tiny_hw4(tiny_hw4_master: Path, tmp_path: Path) -> Path:
 @pytest.fixture(scope="module")
 def local_ray():
     """One real local Ray per test module: fixed logical CPUs (more than the 2 cores, so a 2-worker DDP
-    trial and its driver fit), no dashboard."""
+    trial and its driver fit) and no GPU, whatever the machine has; no dashboard."""
     import ray
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False, object_store_memory=200 * 1024**2)
+    ray.init(address="local", num_cpus=4, num_gpus=0, include_dashboard=False, object_store_memory=200 * 1024**2)
     yield ray
     ray.shutdown()
 

@@ -31,10 +31,10 @@ def cluster():
     assert not ray.is_initialized()
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 1, "include_dashboard": False, "object_store_memory": 150 * 1024**2},
+        head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False, "object_store_memory": 150 * 1024**2},
     )
-    workers = [cluster.add_node(num_cpus=1, object_store_memory=150 * 1024**2) for _ in range(2)]
-    cluster.wait_for_nodes()
+    workers = [cluster.add_node(num_cpus=1, num_gpus=0, object_store_memory=150 * 1024**2) for _ in range(2)]
+    cluster.wait_for_nodes(timeout=300)  # a guard: nodes register as soon as their raylets are up
     yield {"cluster": cluster, "head": cluster.head_node.node_id, "workers": [w.node_id for w in workers]}
     ray.shutdown()
     cluster.shutdown()

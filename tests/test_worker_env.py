@@ -1,6 +1,6 @@
-"""The allocator (and Tune) settings a study's Ray workers start with (fsl.distributed.worker_env): what start_ray passes
-to ray.init reaches a real Ray worker's environment at its start (where glibc reads it), and a value the user
-set wins over the default."""
+"""The allocator and Tune settings a study's Ray workers start with (fsl.distributed.worker_env): what start_ray
+passes to ray.init reaches a real Ray worker's environment at its start (where glibc reads it), and a value the
+user set wins over the default."""
 
 from pathlib import Path
 
