@@ -67,7 +67,7 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
     if args.quick:
         return Sizes(
             protonet_image_size=16, train_way=5, n_query=5, episodes=6, epochs=3, arch="resnet18", batch_size=8,
-            image_size=16, steps=3, head_width=32, projection_dim=16, train_classes=8, images_per_class=12,
+            image_size=16, steps=2, head_width=32, projection_dim=16, train_classes=8, images_per_class=12,
         )  # fmt: skip
     return Sizes(
         protonet_image_size=84, train_way=30, n_query=15, episodes=args.episodes, epochs=args.epochs, arch=args.arch,
