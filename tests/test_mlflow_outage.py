@@ -209,21 +209,18 @@ def test_a_server_back_before_the_study_ends_is_caught_up_by_the_study(tiny_hw4_
             assert study.poll() is None and holds.is_held(second_epoch)  # the study has trials left to run
             holds.release(second_epoch)
             assert study.wait(timeout=360) == 0, log.read_text()[-3000:]
+
+            output = log.read_text()
+            assert f"MLflow at {server.url} answers again after" in output
+            assert "studies/sync_mlflow.py" not in output  # nothing was left to replay
+            _check_complete(client, study_path)
+            first = _sync(study_path)
+            assert first.returncode == 0 and "already had study 'back'" in first.stdout, first.stdout + first.stderr
         finally:
             holds.release_all()
             if study.poll() is None:
                 study.kill()
             server.stop()
-        server = start_mlflow_server(tmp_path / "server", port=port)  # to read what the study logged
-    try:
-        output = log.read_text()
-        assert f"MLflow at {server.url} answers again after" in output
-        assert "studies/sync_mlflow.py" not in output  # nothing was left to replay
-        _check_complete(client, study_path)
-        first = _sync(study_path)
-        assert first.returncode == 0 and "already had study 'back'" in first.stdout, first.stdout + first.stderr
-    finally:
-        server.stop()
 
 
 def test_sync_of_a_folder_that_is_no_study_is_one_line(tmp_path: Path):

@@ -88,9 +88,10 @@ def test_resume_after_the_driver_is_killed(tiny_hw4_master: Path, tmp_path: Path
                 assert time.monotonic() < deadline, f"guard: {children.to_dict('records')}"
                 time.sleep(0.2)
         finally:
-            with contextlib.suppress(ProcessLookupError):
+            if first.poll() is None:
                 os.kill(first.pid, signal.SIGKILL)  # the driver dies mid-study
-                first.wait()
+            first.wait()
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(first.pid, signal.SIGKILL)  # and the local Ray it started, with the held trial
     client = mlflow.MlflowClient(uri)
     histories = {run_id: len(client.get_metric_history(run_id, "val_acc")) for run_id in finished["run_id"]}
