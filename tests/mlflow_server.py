@@ -43,7 +43,7 @@ def free_port() -> int:
 def start_mlflow_server(
     root: Path,
     backend_store_uri: str | None = None,
-    timeout_s: float = 90.0,
+    timeout_s: float = 300.0,
     attempts: int = 3,
     port: int | None = None,
 ) -> MlflowServer:

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from conftest import tiny_study_argv
 from mlflow import MlflowClient
-from trial_holds import TrialHolds
+from trial_holds import GUARD_S, TrialHolds
 
 from fsl.tracking.mlflow_callback import EPOCH_METRICS
 
@@ -23,9 +23,6 @@ pytestmark = pytest.mark.ray
 
 TRIALS, EPOCHS = 60, 2
 LOCK_WARNING = "is locked by another process; retrying"
-# A guard only: the lock is kept until the study says it met it, which a write does after the busy timeout MLflow
-# sets on its SQLite sessions (20 s).
-HOLD_GUARD_S = 180.0
 
 
 class StderrWatch:
@@ -46,7 +43,8 @@ class StderrWatch:
 class LockHolder(threading.Thread):
     """Another writer on the tracking database: while a trial is held before one of its reports (so the study has
     that report, and more, still to log), takes SQLite's exclusive lock, releases the trial, and keeps the lock
-    until the study has said that it waits for it."""
+    until the study has said that it waits for it (which a write does after the busy timeout MLflow sets on its
+    SQLite sessions, 20 s)."""
 
     def __init__(self, database: Path, holds: TrialHolds, report: int, study_waits: threading.Event) -> None:
         super().__init__(daemon=True)
@@ -63,8 +61,8 @@ class LockHolder(threading.Thread):
                 connection.execute("BEGIN EXCLUSIVE")
                 self.held += 1
                 self.holds.release(self.report)
-                if not self.study_waits.wait(HOLD_GUARD_S):
-                    raise AssertionError(f"guard: the study did not report the lock within {HOLD_GUARD_S:.0f} s")
+                if not self.study_waits.wait(GUARD_S):
+                    raise AssertionError(f"guard: the study did not report the lock within {GUARD_S:.0f} s")
                 connection.rollback()
             finally:
                 connection.close()
@@ -90,7 +88,7 @@ def test_sixty_trials_all_logged_while_the_store_is_locked(
         assert holds.run(argv) == 0
     finally:
         holder.study_ended.set()
-        holder.join(timeout=HOLD_GUARD_S + 10)
+        holder.join(timeout=GUARD_S + 10)
     if holder.error is not None:
         raise holder.error
     err = capsys.readouterr().err

@@ -18,7 +18,7 @@ import pytest
 from conftest import tiny_study_argv
 from mlflow import MlflowClient
 from mlflow_server import start_mlflow_server
-from trial_holds import TrialHolds
+from trial_holds import GUARD_S, TrialHolds
 
 pytestmark = pytest.mark.ray
 
@@ -74,7 +74,7 @@ def _launch(argv: list[str], cwd: Path, out) -> subprocess.Popen:  # noqa: ANN00
 
 def _wait_for_a_finished_run(client: MlflowClient, study: subprocess.Popen, log: Path) -> None:
     finished = lambda: any(r.info.status == "FINISHED" for r in _children(client))  # noqa: E731
-    _wait_for(finished, 240, "a trial's run to finish in MLflow", study, log)
+    _wait_for(finished, GUARD_S, "a trial's run to finish in MLflow", study, log)
 
 
 def _artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> list[tuple[str, int | None]]:
@@ -110,7 +110,7 @@ def _sync(study: Path) -> subprocess.CompletedProcess:
         [sys.executable, str(ROOT / "studies" / "sync_mlflow.py"), str(study)],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=GUARD_S,
     )
 
 
@@ -155,7 +155,7 @@ def test_a_stopped_server_is_replayed_by_sync_mlflow_once(tiny_hw4_master: Path,
             _wait_for_a_finished_run(client, study, log)
             server.stop()  # the tracking server goes away mid-study: three trials are still to report
             holds.release(second_trial)
-            assert study.wait(timeout=360) == 0, log.read_text()[-3000:]
+            assert study.wait(timeout=GUARD_S) == 0, log.read_text()[-3000:]
         finally:
             holds.release_all()
             if study.poll() is None:
@@ -204,11 +204,11 @@ def test_a_server_back_before_the_study_ends_is_caught_up_by_the_study(tiny_hw4_
             server.stop()
             holds.release(first_epoch)  # its first epoch is reported while the server is away
             holds.wait(second_epoch, failed=_ended(study, log))
-            _wait_for(lambda: "warning: MLflow at" in log.read_text(), 120, "the study to notice", study, log)
+            _wait_for(lambda: "warning: MLflow at" in log.read_text(), GUARD_S, "the study to notice", study, log)
             server = start_mlflow_server(tmp_path / "server", port=port)
             assert study.poll() is None and holds.is_held(second_epoch)  # the study has trials left to run
             holds.release(second_epoch)
-            assert study.wait(timeout=360) == 0, log.read_text()[-3000:]
+            assert study.wait(timeout=GUARD_S) == 0, log.read_text()[-3000:]
 
             output = log.read_text()
             assert f"MLflow at {server.url} answers again after" in output

@@ -17,7 +17,7 @@ import optuna
 import pandas as pd
 import pytest
 from conftest import tiny_study_argv
-from trial_holds import TrialHolds
+from trial_holds import GUARD_S, TrialHolds
 
 pytestmark = pytest.mark.ray
 
@@ -71,7 +71,7 @@ def test_resume_after_the_driver_is_killed(tiny_hw4_master: Path, tmp_path: Path
             holds.wait(interrupted_report, failed=ended)
             # The driver is not held: it logs the third trial's first epoch and saves the study's state with that
             # epoch's checkpoint (Tune does so after each checkpoint).
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + GUARD_S
             while True:
                 assert first.poll() is None, log_path.read_text()[-3000:]
                 children = _children(uri)
@@ -107,7 +107,7 @@ def test_resume_after_the_driver_is_killed(tiny_hw4_master: Path, tmp_path: Path
         text=True,
         cwd=tmp_path,
         env=env,
-        timeout=300,
+        timeout=GUARD_S,
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from conftest import tiny_study_argv
 from ray._private import state as gcs_state
-from trial_holds import TrialHolds
+from trial_holds import GUARD_S, TrialHolds
 
 pytestmark = pytest.mark.ray
 
@@ -50,7 +50,7 @@ class HeldWorkerKiller(threading.Thread):
             client = mlflow.MlflowClient(self.uri)
             experiment = client.get_experiment_by_name("worker-failure")
             (run,) = client.search_runs([experiment.experiment_id], "tags.`fsl.role` = 'trial'")
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + GUARD_S
             while not (logged := [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]):
                 assert time.monotonic() < deadline, "guard: the first epoch never reached MLflow"
                 time.sleep(0.1)

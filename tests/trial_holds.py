@@ -30,8 +30,12 @@ import ray.cloudpickle
 # The wrapper travels to Ray's workers with the trial; they do not have tests/ on their path, so it goes by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-# How long a held trial waits for its release: a guard so that a test that failed never leaves a trial waiting.
-GUARD_S = 600.0
+# How long a test waits for anything (a held report, a study's end, a server) before it calls it a hang: a guard
+# only, far longer than any of those takes on a slow or loaded machine.
+GUARD_S = 900.0
+# How long a held trial waits for its release: longer than the test's own guard, so that a test that failed (and
+# released nothing) never leaves a trial waiting for ever.
+HELD_GUARD_S = 2 * GUARD_S
 
 
 class HeldEntry:
@@ -61,10 +65,10 @@ class HeldEntry:
             return
         folder = Path(self.folder)
         _write_atomically(folder / f"held-{number}", f"{os.getpid()}\n")
-        deadline = time.monotonic() + GUARD_S
+        deadline = time.monotonic() + HELD_GUARD_S
         while not (folder / f"release-{number}").exists():
             if time.monotonic() > deadline:
-                raise TimeoutError(f"report {number} was held {GUARD_S:.0f} s and never released")
+                raise TimeoutError(f"report {number} was held {HELD_GUARD_S:.0f} s and never released")
             time.sleep(0.05)
 
 
@@ -88,7 +92,7 @@ class TrialHolds:
         """The command line that runs a protonet_search.py study with these holds in a process of its own."""
         return [sys.executable, __file__, str(self.folder), ",".join(map(str, self.held)), "--"]
 
-    def wait(self, number: int, guard_s: float = 300.0, failed: Callable[[], str | None] = lambda: None) -> int:
+    def wait(self, number: int, guard_s: float = GUARD_S, failed: Callable[[], str | None] = lambda: None) -> int:
         """Wait until report `number` is held; its process id. `failed` says why waiting is pointless (the
         study ended), or None."""
         path = self.folder / f"held-{number}"
