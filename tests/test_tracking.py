@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 from mlflow import MlflowClient
 
-from fsl.tracking.mlflow_callback import MLflowStudyCallback, child_run_name
+from fsl.tracking.mlflow_callback import MLflowStudyCallback, child_run_name, result_nodes
 from fsl.tracking.uri import artifact_location_for, resolve_tracking_uri
 
 
@@ -104,3 +104,24 @@ def test_the_ui_link_points_at_the_tracking_server_or_the_local_ui():
     line = open_ui_line("sqlite:////tmp/x/mlflow.db", "1")
     assert "ui --backend-store-uri sqlite:////tmp/x/mlflow.db --port 5000" in line
     assert line.endswith("then http://127.0.0.1:5000/#/experiments/1/runs")
+
+
+def test_the_nodes_of_a_result_are_every_rank_s_node_once_in_order():
+    assert result_nodes({"node_id": "aa"}) == ["aa"]
+    assert result_nodes({"node_id": "aa", "worker_nodes": "bb,aa,bb,?"}) == ["bb", "aa"]  # a DDP trial's ranks
+    assert result_nodes({}) == []
+
+
+def test_a_trial_run_keeps_every_node_it_ran_on_across_driver_processes(tmp_path: Path):
+    callback = _callback(tmp_path)
+    callback.setup()
+    trial = _trial("t1")
+    callback.on_trial_start(0, [], trial)
+    callback.on_trial_result(0, [], trial, {"epoch": 1, "val_acc": 0.5, "node_id": "node-a"})
+    callback.on_trial_result(0, [], trial, {"epoch": 2, "val_acc": 0.6, "node_id": "node-a"})
+    # A resumed study's new driver: the trial continues on another node.
+    again = _callback(tmp_path)
+    again.setup()
+    again.on_trial_result(0, [], trial, {"epoch": 3, "val_acc": 0.7, "node_id": "node-b"})
+    run = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(callback.child_run(trial))
+    assert run.data.tags["fsl.nodes"] == "node-a,node-b"

@@ -52,6 +52,7 @@ EPOCH_METRICS = (
 ROLE_TAG, STUDY_TAG, STUDY_PATH_TAG, TRIAL_TAG = "fsl.role", "fsl.study", "fsl.study_path", "fsl.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
 CELL_TAG = "fsl.cell"
+NODES_TAG = "fsl.nodes"  # the Ray node ids a trial ran on, comma-separated, in the order it reached them
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 RETRY_S = 15.0  # how often a study retries a tracking store that stopped answering
@@ -94,6 +95,12 @@ def sync_command(study_path: str, tracking_uri: str) -> str:
 
 def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def result_nodes(result: dict) -> list[str]:
+    """The Ray node ids a result came from: every rank's node for a Ray Train trial, else the trial's own."""
+    nodes = result.get("worker_nodes") or result.get("node_id") or ""
+    return list(dict.fromkeys(n for n in str(nodes).split(",") if n and n != "?"))
 
 
 def child_run_name(config: dict[str, Any], searched: list[str], fallback: str) -> str:
@@ -143,6 +150,7 @@ class MLflowStudyCallback(Callback):
         "_children",
         "_last_step",
         "_run_status",
+        "_nodes",
         "_reconciled",
         "_queue",
         "_offline_since",
@@ -160,6 +168,7 @@ class MLflowStudyCallback(Callback):
         self._children: dict[str, str] = {}  # trial id -> child run id
         self._last_step: dict[str, int] = {}  # child run id -> last epoch logged
         self._run_status: dict[str, str] = {}  # child run id -> its MLflow status, as last seen or set
+        self._nodes: dict[str, list[str]] = {}  # child run id -> the Ray nodes its trial ran on, as in its tag
         self._reconciled = False
         self._queue: deque[Callable[[], None]] = deque()  # tracking actions not yet done
         self._offline_since: float | None = None
@@ -232,9 +241,11 @@ class MLflowStudyCallback(Callback):
             )
             if not found:
                 return None
-            run_id, status = found[0].info.run_id, found[0].info.status
+            run = found[0]
         else:
-            status = self.client.get_run(run_id).info.status
+            run = self.client.get_run(run_id)
+        run_id, status = run.info.run_id, run.info.status
+        self._nodes[run_id] = [n for n in run.data.tags.get(NODES_TAG, "").split(",") if n]
         history = self.client.get_metric_history(run_id, self.metric)
         self._last_step[run_id] = max((m.step for m in history), default=0)
         self._run_status[run_id] = status
@@ -260,6 +271,7 @@ class MLflowStudyCallback(Callback):
         self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in sorted(trial.config.items())])
         self._last_step[run_id] = 0
         self._run_status[run_id] = "RUNNING"
+        self._nodes[run_id] = []
         self._children[trial.trial_id] = run_id
         self.counts["children"] += 1
         return run_id
@@ -281,7 +293,12 @@ class MLflowStudyCallback(Callback):
             return  # already logged before a restart
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(result[k]), now, step) for k in EPOCH_METRICS if k in result]
-        self.client.log_batch(run_id, metrics=metrics)
+        # Where the trial ran, kept as it moves (a lost node, a restart elsewhere): every node, in order.
+        known = self._nodes.setdefault(run_id, [])
+        new = [node for node in result_nodes(result) if node not in known]
+        known.extend(new)
+        tags = [RunTag(NODES_TAG, ",".join(known))] if new else []
+        self.client.log_batch(run_id, metrics=metrics, tags=tags)
         self._last_step[run_id] = step
         self.counts["epochs"] += 1
 
@@ -403,6 +420,7 @@ class MLflowStudyCallback(Callback):
         # What an interrupted action may have written is read back from MLflow on the next try.
         self._last_step.clear()
         self._run_status.clear()
+        self._nodes.clear()
         self._client = None
         if self._offline_since is None:
             self._offline_since = time.monotonic()
