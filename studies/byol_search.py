@@ -23,6 +23,7 @@ from fsl.study.byol_study import describe_data, plan_byol_study
 from fsl.study.cli import add_compute_args, add_output_args, add_search_args, fail, print_outcome, study_settings
 from fsl.study.runner import run_study
 from fsl.study.space import byol_space
+from fsl.study.waiting import StudyWaitedTooLong
 from fsl.train.config import BYOLConfig
 
 STUDY_PREFIX = "byol"
@@ -108,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         outcome = run_study(plan)
     except ValueError as err:  # resource checks against the running cluster
         return fail(err)
+    except StudyWaitedTooLong as err:
+        return fail(err, status=3)
     code = print_outcome(plan, outcome)
     if outcome.best is not None and outcome.best.get("mlflow_run_id"):
         print(

@@ -42,6 +42,7 @@ from fsl.study.runner import (
     run_study,
     study_outcome,
 )
+from fsl.study.waiting import StudyWaitedTooLong
 from fsl.tracking.settings_table import SETTINGS_MD
 from fsl.tracking.uri import resolve_checkpoint
 from fsl.train.checkpoint import load_backbone_weights
@@ -189,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         outcome = run_study(plan)
     except ValueError as err:  # resource checks against the running cluster, a pre-training that failed
         return fail(err)
+    except StudyWaitedTooLong as err:
+        return fail(err, status=3)
     code = print_outcome(plan, outcome)
     table = plan.results_dir / SETTINGS_MD
     if table.is_file():

@@ -22,6 +22,7 @@ from fsl.study.ablation import ABLATIONS, AblationPlan, ablation_space, evaluate
 from fsl.study.cli import add_compute_args, add_output_args, add_search_args, fail, study_settings
 from fsl.study.protonet_study import describe_data
 from fsl.study.runner import run_study
+from fsl.study.waiting import StudyWaitedTooLong
 from fsl.tracking.ablation_table import ablation_markdown, ablation_table, log_ablation, write_ablation_files
 from fsl.tracking.uri import open_ui_line
 from fsl.train.config import ProtoNetConfig
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         outcome = run_study(plan.study)
     except ValueError as err:  # resource checks against the running cluster
         return fail(err)
+    except StudyWaitedTooLong as err:
+        return fail(err, status=3)
     return report(plan, outcome)
 
 

@@ -18,6 +18,7 @@ from fsl.study.cli import add_compute_args, add_output_args, add_search_args, fa
 from fsl.study.protonet_study import describe_data, plan_study
 from fsl.study.runner import StudyPlan, run_study
 from fsl.study.space import default_space
+from fsl.study.waiting import StudyWaitedTooLong
 from fsl.train.config import ProtoNetConfig
 
 STUDY_PREFIX = "protonet"
@@ -121,6 +122,8 @@ def run_plan(plan: StudyPlan) -> int:
         outcome = run_study(plan)
     except ValueError as err:  # resource checks against the running cluster
         return fail(err)
+    except StudyWaitedTooLong as err:
+        return fail(err, status=3)
     return print_outcome(plan, outcome)
 
 

@@ -215,7 +215,7 @@ def test_ray_authentication_stays_on(name: str):
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_mlflow_server_is_bound_to_one_private_address(name: str):
+def test_mlflow_server_is_bound_to_one_private_or_loopback_address(name: str):
     config = load(name)
     command, host = mlflow_server(config)
     assert host not in ("0.0.0.0", "::", "[::]", "*", ""), f"MLflow must not listen on all interfaces: {command}"
@@ -223,8 +223,8 @@ def test_mlflow_server_is_bound_to_one_private_address(name: str):
     assert re.search(r"--backend-store-uri\s+sqlite:////?\$HOME/", command), "an absolute SQLite store on the head"
     if config["provider"]["type"] == "local":
         assert host == config["provider"]["head_ip"] and ipaddress.ip_address(host).is_private
-    else:
-        assert "hostname -I" in host, f"on AWS MLflow should bind to the head's private address, not {host}"
+    else:  # the driver runs on the head; people come through the SSH tunnel
+        assert host == "127.0.0.1", f"on AWS MLflow should bind to the head's loopback, not {host}"
     assert re.search(r"curl\b.*\|\|", command) and "nohup" in command, "started once, in the background"
 
 
@@ -345,14 +345,24 @@ def study_calls() -> list[tuple[str, list[str]]]:
 def test_every_ray_command_and_option_in_the_readme_exists():
     calls = ray_calls()
     names = {" ".join(path) for path, _ in calls}
-    assert {"up", "down", "job submit", "job logs", "exec", "get-head-ip", "dashboard"} <= names
+    assert {"up", "down", "job submit", "job logs", "get-head-ip", "dashboard"} <= names
 
 
 def test_the_readme_lists_the_commands_in_order():
     order = [" ".join(path) for path, _ in ray_calls()]
-    steps = ["get-auth-token", "up", "exec", "job submit", "job logs", "rsync-down", "down"]
+    steps = ["get-auth-token", "up", "job submit", "job logs", "rsync-down", "down"]
     firsts = [order.index(step) for step in steps]
     assert firsts == sorted(firsts), f"expected {steps} in this order, got {order}"
+
+
+def test_the_aws_steps_neither_wait_for_a_gpu_node_nor_copy_an_address_by_hand():
+    """The cluster starts as its head alone and grows for the study, and MLflow answers on the head's loopback:
+    no step polls `ray status` for GPUs or asks the user to paste an address."""
+    aws = cluster_section().split("On your own machines", 1)[0]
+    lines = shell_lines(aws)
+    assert not [line for line in lines if "ray status" in line or "repeat until" in line]
+    addresses = {m.group(0) for line in lines for m in re.finditer(r"\b\d{1,3}(?:\.\d{1,3}){3}\b", line)}
+    assert addresses <= {"127.0.0.1"}, f"addresses to fill in by hand: {addresses - {'127.0.0.1'}}"
 
 
 def test_every_study_flag_in_the_readme_exists():
@@ -394,20 +404,23 @@ def test_the_readme_fills_in_every_placeholder_of_cluster_yaml():
     assert placeholders <= replaced, f"cluster.yaml has placeholders the README leaves: {placeholders - replaced}"
 
 
-def test_the_readme_example_study_fits_the_cluster_it_starts():
-    """The study sizes itself to the GPUs present when it starts (fsl/study/runner.py), so the AWS example's
-    trial must fit on the workers cluster.yaml keeps up; and it must log to the port MLflow listens on."""
+def test_the_readme_example_study_fits_the_cluster_it_can_grow_to():
+    """The cluster starts with no GPU worker and grows for the study's pending trials, so the AWS example's trial
+    must fit one of cluster.yaml's node types (the check the study itself makes when it attaches); and it must
+    log to the port MLflow listens on."""
+    from fsl.distributed.cluster_shape import growth_ceiling, launcher_node_types, unsatisfiable
+
     config = load("cluster.yaml")
     submits = [ctx for path, ctx in ray_calls() if path == ["job", "submit"]]
     entry = list(submits[0].params["entrypoint"])  # the first one is the AWS example
     parser = importlib.import_module("studies.protonet_search").build_parser()
     args = parser.parse_args(entry[2:])
     assert args.storage.startswith("s3://"), "nodes share the study through S3"
-    needed = args.workers_per_trial * args.gpus_per_worker
-    at_start = sum(
-        t.get("min_workers", 0) * t["resources"].get("GPU", 0) for t in config["available_node_types"].values()
-    )
-    assert 0 < needed <= at_start, f"the example needs {needed} GPUs, the cluster starts with {at_start}"
+    assert args.gpus_per_worker > 0, "the example runs on the GPU workers"
+    worker = {"CPU": args.cpus_per_worker, "GPU": args.gpus_per_worker}
+    types = launcher_node_types(config)
+    assert unsatisfiable(worker, args.workers_per_trial, types) is None
+    assert growth_ceiling(worker, args.workers_per_trial, types) >= 2, "the example has trials to run side by side"
     command, _ = mlflow_server(config)
     port = re.search(r"--port[=\s]+(\d+)", command).group(1)
     assert args.tracking_uri.endswith(f":{port}")

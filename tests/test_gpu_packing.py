@@ -46,7 +46,7 @@ def test_quarter_gpu_trials_run_four_at_once(ray_with_one_gpu, tiny_hw4_master: 
     from fsl.study.runner import StudySettings, concurrency
 
     quarter = StudySettings("s", str(tmp_path), "sqlite://", resources=TrialResources(1, 1.0, 0.25))
-    assert concurrency(quarter) == 4  # 1 GPU / 0.25, though 6 CPUs would fit six
+    assert concurrency(quarter, total_trials=6)[0] == 4  # 1 GPU / 0.25, though 6 CPUs would fit six
 
     argv = tiny_study_argv(tiny_hw4_master, tmp_path, "packing", "quarter-gpus") + [
         *"--num-samples 6 --epochs 2 --episodes-per-epoch 10 --gpus-per-worker 0.25".split(),

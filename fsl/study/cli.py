@@ -45,7 +45,15 @@ def add_compute_args(parser: argparse.ArgumentParser) -> Any:
         "--max-concurrent",
         type=int,
         default=None,
-        help="trials at once (default: as many as the cluster's resources fit)",
+        help="trials at once (default: as many as the cluster fits; on an autoscaling cluster, at its largest)",
+    )
+    compute.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="how long the study waits, with no trial running, for the cluster to add the nodes its trials ask for; "
+        "then it stops, saved for --resume (default 1800)",
     )
     compute.add_argument(
         "--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all cores; not with --address)"
@@ -107,19 +115,20 @@ def study_settings(args: argparse.Namespace, prefix: str, grace_period: int | No
         resources=TrialResources(args.workers_per_trial, args.cpus_per_worker, args.gpus_per_worker),
         address=args.address,
         num_cpus=args.num_cpus,
+        wait_timeout_s=args.wait_timeout,
         resume=args.resume,
         seed=args.seed,
         grace_period=grace_period,
     )
 
 
-def fail(err: BaseException) -> int:
-    """Bad input: one line on stderr, no traceback, exit status 2."""
+def fail(err: BaseException, status: int = 2) -> int:
+    """Bad input: one line on stderr, no traceback, exit status 2 (3: the study waited too long for resources)."""
     message = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
     if isinstance(err, FileNotFoundError) and err.filename and str(err.filename) not in message:
         message = f"{err.filename}: {message}"
     print(f"error: {message}", file=sys.stderr)
-    return 2
+    return status
 
 
 def print_failures(table: Any) -> None:

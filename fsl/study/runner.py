@@ -45,6 +45,9 @@ class StudySettings:
     grace_period: int | None = None  # ASHA: epochs before the first cut; None = a quarter of the epochs
     reduction_factor: int = 2
     trial_max_failures: int = 1
+    # Seconds the study waits, with trials pending and none running, for the cluster to add nodes before it stops
+    # (saved: --resume continues it). None waits for ever.
+    wait_timeout_s: float | None = 1800.0
     # A single-worker trial's process runs the next trial (Tune's reuse_actors); False starts one per trial.
     reuse_trial_processes: bool = True
 
@@ -144,6 +147,49 @@ def check_storage_writable(storage: str) -> None:
         raise ValueError(f"--storage {storage}: cannot write there ({err.strerror or err})") from None
 
 
+def check_storage_on_every_node(settings: StudySettings, timeout_s: float = 120.0) -> None:
+    """With --address, a local --storage must be a folder every node of the cluster sees (a shared file system):
+    trials on other nodes write their checkpoints there. Each node up now is asked whether it sees a marker file
+    written here; nodes that join later are checked by Ray itself when a trial saves a checkpoint there."""
+    if not settings.address or not settings.storage_is_local:
+        return
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    others = [node for node in ray.nodes() if node["Alive"] and node["NodeID"] != here]
+    if not others:
+        return
+    marker = Path(settings.storage) / f".fsl-storage-check-{uuid.uuid4().hex}"
+    marker.write_text("written by the study's driver; every node must see it\n")
+    sees = ray.remote(num_cpus=0, max_retries=0)(os.path.exists)
+    answers: list[bool | None] = []
+    try:
+        asked = [
+            sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(
+                str(marker)
+            )
+            for node in others
+        ]
+        for answer in asked:
+            try:
+                answers.append(ray.get(answer, timeout=timeout_s))
+            except ray.exceptions.RayError:
+                # A node that went away meanwhile (or did not answer): Ray's own check covers it if a trial
+                # ever saves a checkpoint there.
+                answers.append(None)
+    finally:
+        marker.unlink(missing_ok=True)
+    blind = [node["NodeManagerAddress"] for node, seen in zip(others, answers, strict=True) if seen is False]
+    if blind:
+        raise ValueError(
+            f"--storage {settings.storage}: a local folder that {len(blind)} of the cluster's {len(others) + 1} "
+            f"nodes cannot see (e.g. {blind[0]}); with --address use s3://... or a folder every node mounts"
+        )
+
+
 def latest_study(storage: str, prefix: str) -> str | None:
     """The most recently changed study folder under a local storage path (for --resume without a name)."""
     root = Path(storage)
@@ -214,6 +260,8 @@ def check_settings(settings: StudySettings) -> None:
         raise ValueError(f"--max-concurrent must be >= 1, got {settings.max_concurrent}")
     if settings.address and settings.num_cpus is not None:
         raise ValueError("--num-cpus sizes a local Ray; a cluster given by --address has its own resources")
+    if settings.wait_timeout_s is not None and settings.wait_timeout_s <= 0:
+        raise ValueError(f"--wait-timeout must be > 0 seconds, got {settings.wait_timeout_s:g}")
     if settings.reduction_factor < 2:
         raise ValueError(f"ASHA reduction factor must be >= 2, got {settings.reduction_factor}")
     if settings.address:
@@ -256,12 +304,45 @@ def ray_init_args(settings: StudySettings) -> dict[str, Any]:
     return {"num_cpus": settings.num_cpus, "runtime_env": runtime_env}
 
 
-def concurrency(settings: StudySettings) -> int:
-    """How many trials fit at once; fails with a clear message when not even one does."""
+def concurrency(settings: StudySettings, total_trials: int) -> tuple[int, str]:
+    """How many trials the study keeps running or pending at once, and why (for the console): on an autoscaling
+    cluster, what it can grow to.
+
+    A local Ray has what it has: the trials that fit now, and a clear error when not even one does. A cluster
+    at --address may grow: its autoscaler's node types (fsl.distributed.cluster_shape) say how many trials it
+    holds at its largest, and a request that no node type can ever hold is refused here. Pending trials are
+    what makes the autoscaler add nodes, so sizing to the nodes up at the start would pin the cluster. With no
+    node types known: the trials that fit now (a fixed cluster, most likely), or every trial when none fits
+    yet (the demand is what an autoscaler acts on). --max-concurrent overrides all but the refusals."""
     import ray
 
-    total = ray.cluster_resources()
+    from fsl.distributed.cluster_shape import cluster_shape, growth_ceiling, unsatisfiable
+
     res = settings.resources
+    if settings.address:
+        shape = cluster_shape()
+        if shape is not None:
+            reason = unsatisfiable(res.per_worker, res.workers, shape.node_types, shape.max_workers)
+            if reason:
+                raise ValueError(f"{_request_flags(res)}: {reason} (node types from {shape.source})")
+        if settings.max_concurrent:
+            return settings.max_concurrent, "--max-concurrent"
+        if shape is not None:
+            ceiling = growth_ceiling(res.per_worker, res.workers, shape.node_types, shape.max_workers)
+            if ceiling is None:
+                return total_trials, f"every trial: a node type that holds them has no maximum ({shape.source})"
+            largest = ", ".join(f"{t.max_count} x {t.name}" for t in shape.node_types if t.max_count and not t.head)
+            cap = f", {shape.max_workers} worker nodes at most" if shape.max_workers is not None else ""
+            why = f"what the cluster holds at its largest: {largest}{cap} ({shape.source})"
+            return min(ceiling, total_trials), why
+        now = fitting_now(res, _alive_node_resources())
+        if now == 0:
+            return total_trials, "every trial: no node fits one yet, and the cluster's node types are unknown"
+        # Sizing to a fixed cluster keeps Optuna's suggestions informed by finished trials (hundreds of pending
+        # trials would all be suggested blind).
+        return min(now, total_trials), "what the cluster's nodes fit now; its node types are unknown"
+    # A local Ray cannot grow: not even one trial fitting is an error, before any trial starts.
+    total = ray.cluster_resources()
     cpus_needed = res.workers * res.cpus_per_worker + (DRIVER_CPU if res.workers > 1 else 0)
     gpus_needed = res.workers * res.gpus_per_worker
     cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
@@ -281,11 +362,37 @@ def concurrency(settings: StudySettings) -> int:
             f"a trial needs {cpus_needed:g} CPUs ({res.workers} workers x {res.cpus_per_worker:g}{driver}), the Ray "
             f"cluster has {cpus:g}; lower --cpus-per-worker or --workers-per-trial"
         )
-    fit = math.floor(cpus / cpus_needed + 1e-9)
-    if gpus_needed:
-        fit = min(fit, math.floor(gpus / gpus_needed + 1e-9))
-    fit = max(1, fit)
-    return min(fit, settings.max_concurrent) if settings.max_concurrent else fit
+    fit = max(1, fitting_now(res, _alive_node_resources()))
+    if settings.max_concurrent and settings.max_concurrent < fit:
+        return settings.max_concurrent, "--max-concurrent"
+    return fit, "what this Ray's resources fit"
+
+
+def fitting_now(res: TrialResources, nodes: list[dict[str, float]]) -> int:
+    """Trials of this request that these nodes (their total resources) hold at once: each worker on one node, a
+    DDP trial's workers spread over nodes, and its driver's sliver of CPU counted too."""
+    from fsl.distributed.cluster_shape import slots
+
+    fit = sum(slots(res.per_worker, node) for node in nodes) // res.workers
+    if res.workers > 1:
+        cpus = sum(node.get("CPU", 0.0) for node in nodes)
+        fit = min(fit, math.floor(cpus / (res.workers * res.cpus_per_worker + DRIVER_CPU) + 1e-9))
+    return fit
+
+
+def _alive_node_resources() -> list[dict[str, float]]:
+    import ray
+
+    return [node["Resources"] for node in ray.nodes() if node["Alive"]]
+
+
+def _request_flags(res: TrialResources) -> str:
+    flags = [f"--cpus-per-worker {res.cpus_per_worker:g}"]
+    if res.gpus_per_worker:
+        flags.append(f"--gpus-per-worker {res.gpus_per_worker:g}")
+    if res.workers > 1:
+        flags.append(f"--workers-per-trial {res.workers}")
+    return " ".join(flags)
 
 
 def study_trial(
@@ -408,14 +515,19 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
     import ray
     from ray import tune
 
+    from fsl.distributed.cluster_shape import describe
     from fsl.distributed.placement import ReleaseTrainPlacementGroups
     from fsl.distributed.train_trial import SharedData
     from fsl.study.divergence import NoRetryAfterDivergence
     from fsl.study.progress import ProgressPrinter
+    from fsl.study.waiting import QUIET_TUNE_WAIT_WARNING, StudyWaitedTooLong, WaitForResources, take_expired
 
     s = plan.settings
     start_ray(s)
-    max_concurrent = concurrency(s)
+    max_concurrent, why = concurrency(s, plan.total_trials)
+    check_storage_on_every_node(s)
+    if s.address:  # a local Ray's share is plain; a cluster's is worth a line
+        print(f"Trials at once: up to {max_concurrent} ({why})")
     shared = SharedData.put(plan.shared)
     res = s.resources
     trial_resources = {"CPU": DRIVER_CPU} if res.workers > 1 else res.per_worker
@@ -425,6 +537,8 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
         ),
         trial_resources,
     )
+    asks = describe(res.per_worker) if res.workers == 1 else f"{res.workers} workers of {describe(res.per_worker)}"
+    wait = WaitForResources(asks, s.wait_timeout_s)
     if s.resume:
         tuner = tune.Tuner.restore(s.study_path, trainable=trainable, resume_unfinished=True, resume_errored=False)
     else:
@@ -452,13 +566,23 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
                     ProgressPrinter(plan.shown, plan.base.epochs, plan.total_trials, plan.metric),  # type: ignore[attr-defined]
                     ReleaseTrainPlacementGroups(),
                     NoRetryAfterDivergence(),  # a diverged trial would diverge again
+                    wait,
                 ],
                 failure_config=tune.FailureConfig(max_failures=s.trial_max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 verbose=0,  # ProgressPrinter writes one line per event instead of Tune's large tables
             ),
         )
+    for name, value in QUIET_TUNE_WAIT_WARNING.items():
+        os.environ.setdefault(name, value)
+    take_expired()
     tuner.fit()
+    if (expired := take_expired()) is not None:
+        raise StudyWaitedTooLong(
+            f"no trial could run for {expired.waited_s:.0f} s (--wait-timeout {expired.timeout_s:g}): "
+            f"{expired.pending} trials pending, each asking for {asks}, which the cluster did not provide; the "
+            f"study is saved in {s.study_path}: add --resume to continue it once the cluster has the resources"
+        )
     return study_outcome(plan)
 
 
