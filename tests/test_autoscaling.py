@@ -1,4 +1,4 @@
-"""Studies on a real autoscaling Ray cluster (tests/fake_autoscaler.py: Ray's fake multi-node provider adds and
+"""Studies on a real autoscaling Ray cluster (bench/fake_cluster.py: Ray's fake multi-node provider adds and
 removes local nodes as the cluster's resource demand asks). The head has 1 CPU and no GPU; the only worker type,
 `gpu-node`, advertises 1 CPU and 1 GPU (a logical GPU: the trials train on the CPU) and starts from zero, as the
 GPU workers of cluster.yaml do. One cluster for the module; each study has its own storage and MLflow store."""
@@ -19,9 +19,9 @@ import pandas as pd
 import psutil
 import pytest
 from conftest import tiny_study_argv
-from fake_autoscaler import FakeAutoscalingCluster, wait_until
 from trial_holds import GUARD_S, TrialHolds
 
+from bench.fake_cluster import FakeAutoscalingCluster, free_port, wait_until
 from fsl.distributed.cluster_shape import CONFIG_ENV
 
 pytestmark = pytest.mark.ray
@@ -39,29 +39,13 @@ def cluster():
     cluster = FakeAutoscalingCluster(
         {"gpu-node": GPU_NODE}, head_cpus=1, idle_timeout_minutes=0.1, max_workers=2, dashboard=True
     )
-    saved = {name: os.environ.get(name) for name in cluster.env}
-    os.environ.update(cluster.env)  # this process and the studies it starts speak with the cluster's token
-    _reload_ray_token()
     try:
         cluster.start()
         # This process is a driver of the cluster too: it reads the nodes, and runs the study whose trial it holds.
-        ray.init(address=cluster.address, include_dashboard=False, logging_level="WARNING")
-        yield cluster
+        with cluster.driver():
+            yield cluster
     finally:
-        ray.shutdown()
         cluster.shutdown()
-        for name, value in saved.items():
-            os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
-        _reload_ray_token()
-
-
-def _reload_ray_token() -> None:
-    """Ray caches its auth mode (in its config) and the token it read in this process; the next ray.init must
-    read the environment again, as Ray itself does when it turns token mode on for a local cluster."""
-    from ray._raylet import AuthenticationTokenLoader, Config
-
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def _worker_nodes() -> list[dict]:
@@ -96,6 +80,7 @@ def _ray_start_argv(cluster: FakeAutoscalingCluster, folder: Path, flags: str) -
     return [
         *(sys.executable, "-m", "ray.scripts.scripts", "start", f"--address={cluster.address}", *flags.split()),
         *(f"--temp-dir={folder}", "--disable-usage-stats", "--object-store-memory=100000000"),
+        f"--dashboard-agent-listen-port={free_port()}",  # not the default, which the head's agent holds
     ]
 
 

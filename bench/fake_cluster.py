@@ -1,5 +1,6 @@
-"""A real autoscaling Ray cluster on this machine: Ray's fake multi-node provider (shipped in the Ray wheel) adds
-and removes local worker nodes, each its own raylet, as the cluster's real resource demand asks.
+"""A real autoscaling Ray cluster on this machine, for tests/test_autoscaling.py and bench/b8_autoscaling.py: Ray's
+fake multi-node provider (shipped in the Ray wheel) adds and removes local worker nodes, each its own raylet, as
+the cluster's real resource demand asks.
 
 `ray.cluster_utils.AutoscalingCluster` does the same but cannot start from the pip wheel (it reads an example
 config the wheel does not ship) and ends with `ray stop --force`, which would stop every Ray of the user. This
@@ -9,20 +10,22 @@ head's session folder)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
-from mlflow_server import free_port
 
 # The keys a cluster launcher config must have; the fake provider uses none of their values.
 _EMPTY_KEYS: dict[str, Any] = {
@@ -34,6 +37,12 @@ _EMPTY_KEYS: dict[str, Any] = {
     "auth": {},
     "docker": {},
 }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 class FakeAutoscalingCluster:
@@ -99,6 +108,9 @@ class FakeAutoscalingCluster:
                 else ("--include-dashboard=false",)
             ),
             "--object-store-memory=200000000",
+            # Its own port, not Ray's fixed default (52365): another Ray on this machine (a user's, a test's)
+            # may hold that one, and a head whose agent cannot listen takes no job.
+            f"--dashboard-agent-listen-port={free_port()}",
         ]
         subprocess.run(command, env=env, check=True, capture_output=True, timeout=timeout_s)
         if self.dashboard_url:
@@ -116,6 +128,27 @@ class FakeAutoscalingCluster:
             assert "No available agent" in done.stderr + done.stdout, done.stderr[-2000:]
             assert time.monotonic() < deadline, f"guard: the Jobs server took no job within {timeout_s:.0f} s"
             time.sleep(0.5)
+
+    @contextlib.contextmanager
+    def driver(self, **init_args: Any) -> Iterator[None]:
+        """This process as a driver of the cluster (ray.init with `init_args`), speaking with the cluster's token;
+        the studies it starts inherit the token through the environment. Both are undone at the end."""
+        import ray
+
+        saved = {name: os.environ.get(name) for name in self.env}
+        os.environ.update(self.env)
+        _reload_ray_auth()
+        try:
+            ray.init(address=self.address, **{"logging_level": "WARNING", **init_args})
+            yield
+        finally:
+            ray.shutdown()
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            _reload_ray_auth()
 
     def processes(self) -> list[psutil.Process]:
         """Every live process of this cluster: those whose command line names the cluster's temp folder or port
@@ -142,6 +175,15 @@ class FakeAutoscalingCluster:
                 pass
         psutil.wait_procs(processes, timeout=30)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _reload_ray_auth() -> None:
+    """Ray caches its auth mode (in its config) and the token it read in this process; the next ray.init must
+    read the environment again, as Ray itself does when it turns token mode on for a local cluster."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def wait_until(condition, guard_s: float, what: str, every_s: float = 0.2) -> Any:  # noqa: ANN001
