@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="backbone (default resnet18 on the demo data, resnet50 otherwise)",
     )
-    search = add_search_args(parser, None, "trials in the study (default 8 on the demo data, 16 otherwise)")
+    search = add_search_args(
+        parser, None, "trials in the study (default 8 on the demo data, 16 otherwise)", warm_start=True
+    )
     search.add_argument(
         "--epochs", type=int, default=None, help="epochs per trial, the ASHA maximum (default 6 on the demo, 100 else)"
     )

@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fixed validation episodes per evaluation (default 600, as in HW4)",
     )
 
-    search = add_search_args(parser, 12, "trials in the study (default 12)")
+    search = add_search_args(parser, 12, "trials in the study (default 12)", warm_start=True)
     search.add_argument(
         "--epochs",
         type=int,

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -93,6 +94,9 @@ def test_resume_after_the_driver_is_killed(tiny_hw4_master: Path, tmp_path: Path
             first.wait()
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(first.pid, signal.SIGKILL)  # and the local Ray it started, with the held trial
+    # The study's Optuna storage as the killed driver left it, for the sampler checks at the end.
+    at_kill = tmp_path / "optuna-at-kill.db"
+    shutil.copyfile(study / "optuna.db", at_kill)
     client = mlflow.MlflowClient(uri)
     histories = {run_id: len(client.get_metric_history(run_id, "val_acc")) for run_id in finished["run_id"]}
     interrupted_run = running["run_id"].iloc[0]
@@ -134,19 +138,24 @@ def test_resume_after_the_driver_is_killed(tiny_hw4_master: Path, tmp_path: Path
     table = pd.read_csv(study / "results.csv")
     assert len(table) == SAMPLES and set(table["mlflow_run_id"]) == set(children["run_id"])
 
-    # The Optuna sampler went on from where it was. Tune saves the searcher (OptunaSearch.save: its __dict__) with
-    # every study snapshot, one file per driver session: the killed driver's last one, and the resumed driver's.
+    # The Optuna sampler went on from where it was. Its trials are in the study's Optuna storage (optuna.db beside
+    # it), and Tune saves the searcher (OptunaSearch.save: its __dict__, the storage by its URL) with every study
+    # snapshot, one file per driver session: the killed driver's last one, and the resumed driver's, which
+    # reconnected to the same storage.
+    def stored(path: Path, **kwargs) -> optuna.Study:
+        return optuna.load_study(study_name="interrupted", storage=f"sqlite:///{path}", **kwargs)
+
+    trials = stored(study / "optuna.db").trials
+    assert len(trials) == SAMPLES and all(t.state.name == "COMPLETE" for t in trials)  # none twice, none left open
     states = sorted(study.glob("searcher-state-*.pkl"))  # by session start
     assert len(states) == 2
-    killed_state, final_state = (pickle.loads(path.read_bytes()) for path in states)
+    final_state = pickle.loads(states[1].read_bytes())
     numbers = {trial_id: ot_trial.number for trial_id, ot_trial in final_state["_ot_trials"].items()}
     assert set(numbers) == set(children["tags.fsl.trial_id"])
-    study = final_state["_ot_study"]
-    assert len(study.trials) == SAMPLES and all(t.state.name == "COMPLETE" for t in study.trials)
-    # Every trial's params and value (its last epoch's val_acc) in the study are those MLflow has for it.
+    # Every trial's params and value (its last epoch's val_acc) in the storage are those MLflow has for it.
     by_trial = children.set_index("tags.fsl.trial_id")
     for trial_id, number in numbers.items():
-        frozen = study.trials[number]
+        frozen = trials[number]
         assert frozen.value == pytest.approx(by_trial.loc[trial_id, "metrics.val_acc"])
         assert {k: str(v) for k, v in frozen.params.items()} == {
             k: by_trial.loc[trial_id, f"params.{k}"] for k in frozen.params
@@ -154,23 +163,27 @@ def test_resume_after_the_driver_is_killed(tiny_hw4_master: Path, tmp_path: Path
     # It is the killed driver's study, continued: the two finished trials (with the values logged before the
     # kill) and the interrupted one, then the trial suggested after the resume, which had them as its history.
     # A fresh searcher would have lost them and suggested the first (enqueued) point again.
-    before = killed_state["_ot_study"].trials
+    before = stored(at_kill).trials
     finished_numbers = sorted(numbers[t] for t in finished["tags.fsl.trial_id"])
     assert [t.state.name for t in before] == ["COMPLETE" if n in finished_numbers else "RUNNING" for n in range(3)]
-    assert [t.params for t in before] == [t.params for t in study.trials[:3]]
-    assert [t.datetime_start for t in before] == [t.datetime_start for t in study.trials[:3]]
+    assert [t.params for t in before] == [t.params for t in trials[:3]]
+    assert [t.datetime_start for t in before] == [t.datetime_start for t in trials[:3]]
     for trial_id, value in zip(finished["tags.fsl.trial_id"], finished["metrics.val_acc"], strict=True):
         assert before[numbers[trial_id]].value == pytest.approx(value)
-    (new,) = [study.trials[numbers[t]] for t in numbers if t not in {*finished["tags.fsl.trial_id"], interrupted_trial}]
+    (new,) = [trials[numbers[t]] for t in numbers if t not in {*finished["tags.fsl.trial_id"], interrupted_trial}]
     assert new.number == SAMPLES - 1
-    assert all(study.trials[n].datetime_complete < new.datetime_start for n in finished_numbers)
-    assert new.params != study.trials[0].params
-    # Replayed from the killed driver's snapshot: its sampler, told the interrupted trial's result, suggests exactly
-    # the trial the resumed study ran; the same sampler with no history suggests something else.
+    assert all(trials[n].datetime_complete < new.datetime_start for n in finished_numbers)
+    assert new.params != trials[0].params
+    # Replayed from the killed driver's snapshot: its sampler, on the storage as it was at the kill and told the
+    # interrupted trial's result, suggests exactly the trial the resumed study ran; with no history, another.
     replay = pickle.loads(states[0].read_bytes())
     interrupted_number = numbers[interrupted_trial]
-    replay["_ot_study"].tell(interrupted_number, study.trials[interrupted_number].value)
-    assert replay["_ot_study"].ask(fixed_distributions=replay["_space"]).params == new.params
+    at_kill_study = stored(at_kill, sampler=replay["_sampler"])
+    at_kill_study.tell(interrupted_number, trials[interrupted_number].value)
+    assert at_kill_study.ask(fixed_distributions=replay["_space"]).params == new.params
     no_history = pickle.loads(states[0].read_bytes())
-    blank = optuna.create_study(direction="maximize", sampler=no_history["_sampler"])
+    # (A storage of its own: the sampler remembers the study id it served, 1 in a new SQLite storage.)
+    blank = optuna.create_study(
+        storage=f"sqlite:///{tmp_path / 'blank.db'}", direction="maximize", sampler=no_history["_sampler"]
+    )
     assert blank.ask(fixed_distributions=no_history["_space"]).params != new.params

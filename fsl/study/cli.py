@@ -12,8 +12,11 @@ from fsl.study.runner import StudySettings, latest_study, normalise_storage
 from fsl.tracking.uri import open_ui_line, resolve_tracking_uri
 
 
-def add_search_args(parser: argparse.ArgumentParser, num_samples: int | None, what: str) -> Any:
-    """--num-samples, --param, --seed: the flags every study's search takes."""
+def add_search_args(
+    parser: argparse.ArgumentParser, num_samples: int | None, what: str, warm_start: bool = False
+) -> Any:
+    """--num-samples, --param, --seed: the flags every study's search takes; --warm-start for the studies an
+    Optuna sampler searches."""
     search = parser.add_argument_group("search")
     search.add_argument("--num-samples", type=int, default=num_samples, help=what)
     search.add_argument(
@@ -26,6 +29,14 @@ def add_search_args(parser: argparse.ArgumentParser, num_samples: int | None, wh
     search.add_argument(
         "--seed", type=int, default=0, help="seeds torch, the data order and the Optuna sampler (default 0)"
     )
+    if warm_start:
+        search.add_argument(
+            "--warm-start",
+            default=None,
+            metavar="STUDY",
+            help="seed the Optuna sampler with the finished trials of an earlier study under --storage on the same "
+            "data (those inside this search space)",
+        )
     return search
 
 
@@ -118,6 +129,7 @@ def study_settings(args: argparse.Namespace, prefix: str, grace_period: int | No
         wait_timeout_s=args.wait_timeout,
         resume=args.resume,
         seed=args.seed,
+        warm_start=getattr(args, "warm_start", None),
         grace_period=grace_period,
     )
 

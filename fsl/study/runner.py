@@ -8,6 +8,7 @@ data through the object store, runs or resumes the Tuner, and summarises.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable
@@ -50,6 +51,7 @@ class StudySettings:
     wait_timeout_s: float | None = 1800.0
     # A single-worker trial's process runs the next trial (Tune's reuse_actors); False starts one per trial.
     reuse_trial_processes: bool = True
+    warm_start: str | None = None  # an earlier study under the same storage whose finished trials seed the sampler
 
     @property
     def study_path(self) -> str:
@@ -262,6 +264,13 @@ def check_settings(settings: StudySettings) -> None:
         raise ValueError("--num-cpus sizes a local Ray; a cluster given by --address has its own resources")
     if settings.wait_timeout_s is not None and settings.wait_timeout_s <= 0:
         raise ValueError(f"--wait-timeout must be > 0 seconds, got {settings.wait_timeout_s:g}")
+    if settings.warm_start and settings.resume:
+        raise ValueError("--warm-start seeds a new study; a resumed study continues its own sampler history")
+    if settings.warm_start and not settings.storage_is_local:
+        raise ValueError(
+            f"--warm-start needs a folder as --storage (the earlier study's Optuna storage is read there), "
+            f"not {settings.storage}"
+        )
     if settings.reduction_factor < 2:
         raise ValueError(f"ASHA reduction factor must be >= 2, got {settings.reduction_factor}")
     if settings.address:
@@ -410,9 +419,9 @@ def study_trial(
         run_in_process(entry, config, shared, resources, metric)
 
 
-def build_callback(plan: StudyPlan, cluster_resources: dict[str, float]) -> Any:
+def build_callback(plan: StudyPlan, cluster_resources: dict[str, float], data_hash: str) -> Any:
     from fsl.tracking.mlflow_callback import MLflowStudyCallback
-    from fsl.tracking.provenance import code_version, dataset_hash, hardware
+    from fsl.tracking.provenance import code_version, hardware
 
     s, base = plan.settings, plan.base
     searched = "; ".join(f"{n}={d.describe()}" for n, d in plan.space.items())
@@ -444,7 +453,7 @@ def build_callback(plan: StudyPlan, cluster_resources: dict[str, float]) -> Any:
         metric=plan.metric,
         tags={
             "fsl.dataset": plan.data_root.name,
-            "fsl.dataset_hash": dataset_hash(plan.shared),
+            "fsl.dataset_hash": data_hash,
             "fsl.code_version": code_version(),
             "fsl.hardware": hardware(cluster_resources),
             **plan.tags,
@@ -468,9 +477,23 @@ def _param_space(plan: StudyPlan) -> dict[str, Any]:
     }
 
 
-def _searcher(plan: StudyPlan) -> Any:
-    """Optuna's seeded TPE (or random sampler) over the space (TPE per cell for an ablation); with a grid (or
-    nothing searched), Tune's own variant generator."""
+def uses_optuna(plan: StudyPlan) -> bool:
+    """Whether the study's trials are suggested by an Optuna sampler (not a grid, ablation cells or nothing)."""
+    return bool(plan.space) and not plan.grid and plan.cells is None
+
+
+def optuna_storage_url(plan: StudyPlan) -> str | None:
+    """The study's Optuna storage next to it (fsl.study.optuna_store), for a folder --storage; None keeps the
+    sampler in memory (saved by Tune with the study)."""
+    from fsl.study.optuna_store import storage_url
+
+    return storage_url(plan.results_dir) if plan.settings.storage_is_local and uses_optuna(plan) else None
+
+
+def _searcher(plan: StudyPlan, data_hash: str = "", warm: Any = None) -> Any:
+    """Optuna's seeded TPE (or random sampler) over the space (TPE per cell for an ablation), its trials in the
+    study's Optuna storage, warm-started when asked; with a grid (or nothing searched), Tune's own variant
+    generator."""
     s = plan.settings
     if plan.cells:
         from fsl.study.cell_search import CellSearch
@@ -489,8 +512,20 @@ def _searcher(plan: StudyPlan) -> Any:
         sampler = optuna.samplers.TPESampler(
             seed=s.seed, n_startup_trials=max(3, min(10, s.num_samples // 3)), multivariate=True
         )
+    storage, url = None, optuna_storage_url(plan)
+    if url is not None:
+        from fsl.study.optuna_store import prepare_study
+
+        Path(plan.results_dir).mkdir(parents=True, exist_ok=True)
+        prepare_study(url, s.study_name, plan.space, data_hash, warm)
+        storage = optuna.storages.RDBStorage(url)
     return OptunaSearch(
-        metric=plan.metric, mode="max", sampler=sampler, points_to_evaluate=list(plan.initial_points) or None
+        metric=plan.metric,
+        mode="max",
+        sampler=sampler,
+        points_to_evaluate=list(plan.initial_points) or None,
+        storage=storage,
+        study_name=s.study_name if storage is not None else None,
     )
 
 
@@ -519,10 +554,26 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
     from fsl.distributed.placement import ReleaseTrainPlacementGroups
     from fsl.distributed.train_trial import SharedData
     from fsl.study.divergence import NoRetryAfterDivergence
+    from fsl.study.optuna_store import read_warm_start
     from fsl.study.progress import ProgressPrinter
     from fsl.study.waiting import QUIET_TUNE_WAIT_WARNING, StudyWaitedTooLong, WaitForResources, take_expired
+    from fsl.tracking.provenance import dataset_hash
 
     s = plan.settings
+    data_hash = dataset_hash(plan.shared)
+    warm = None
+    if s.warm_start:  # read and checked before Ray starts
+        if not uses_optuna(plan):
+            raise ValueError(
+                "--warm-start: this study has no Optuna sampler to seed (a grid, ablation cells or nothing searched)"
+            )
+        warm = read_warm_start(s.storage, s.warm_start, plan.space, data_hash)
+        skipped = f"; {warm.skipped} outside this search space skipped" if warm.skipped else ""
+        print(f"Warm start: {len(warm.trials)} finished trials of study {s.warm_start!r} seed the sampler{skipped}")
+        plan = dataclasses.replace(
+            plan,
+            study_params={**plan.study_params, "warm_start": s.warm_start, "warm_start_trials": len(warm.trials)},
+        )
     start_ray(s)
     max_concurrent, why = concurrency(s, plan.total_trials)
     check_storage_on_every_node(s)
@@ -546,7 +597,7 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
             trainable,
             param_space=_param_space(plan),
             tune_config=tune.TuneConfig(
-                search_alg=_searcher(plan),
+                search_alg=_searcher(plan, data_hash, warm),
                 scheduler=_scheduler(plan),
                 # A searcher of cells hands out every trial itself; Tune multiplies a grid by num_samples.
                 num_samples=plan.total_trials if plan.cells else s.num_samples,
@@ -562,7 +613,7 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
                 name=s.study_name,
                 storage_path=s.storage,
                 callbacks=[
-                    build_callback(plan, ray.cluster_resources()),
+                    build_callback(plan, ray.cluster_resources(), data_hash),
                     ProgressPrinter(plan.shown, plan.base.epochs, plan.total_trials, plan.metric),  # type: ignore[attr-defined]
                     ReleaseTrainPlacementGroups(),
                     NoRetryAfterDivergence(),  # a diverged trial would diverge again

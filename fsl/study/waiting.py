@@ -36,8 +36,15 @@ _expired: list[WaitForResources] = []
 
 
 def take_expired() -> WaitForResources | None:
-    """The wait that ended the last tuner.fit() of this process, if one did (and forget it)."""
+    """The wait that ended the last tuner.fit() of this process, if one did (and forget it). Tune's interrupt
+    lines, silenced for that ending, are heard again."""
+    if _silenced:
+        _TUNE_LOG.setLevel(_silenced.pop())
     return _expired.pop() if _expired else None
+
+
+_TUNE_LOG = logging.getLogger("ray.tune.tune")
+_silenced: list[int] = []  # the level of Tune's logger before an interrupt silenced it
 
 
 class WaitForResources(Callback):
@@ -95,8 +102,10 @@ def _interrupt_tune() -> None:
     """End tuner.fit() the way Ctrl-C does: Tune registers SIGUSR1 as its interrupt signal, saves the study's
     state with the pending trials still pending and returns. Only the main thread can take a signal handler;
     where fit() runs elsewhere Tune registered none, and the process would die, so the study fails instead."""
-    if threading.current_thread() is not threading.main_thread():
+    handler = signal.getsignal(signal.SIGUSR1)
+    if threading.current_thread() is not threading.main_thread() or handler in (signal.SIG_DFL, signal.SIG_IGN, None):
         raise StudyWaitedTooLong("no trial could start before the timeout")
     # Tune's own lines on an interrupt speak of Ctrl-C and Tuner.restore; the study prints its own.
-    logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
+    _silenced[:] = [_TUNE_LOG.level]
+    _TUNE_LOG.setLevel(logging.CRITICAL)
     os.kill(os.getpid(), signal.SIGUSR1)
