@@ -16,7 +16,9 @@ added or fixed since makes the earlier trials unusable); the others are counted 
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,19 @@ from fsl.study.space import Dimension
 OPTUNA_DB = "optuna.db"
 DATASET_ATTR = "fsl.dataset_hash"  # on each Optuna study: the data its trials ran on
 WARM_START_ATTR = "fsl.warm_start"  # on a warm-started study: the study its first trials came from
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna says at INFO that it created or reuses a study in the storage; the study prints its own lines."""
+    import optuna
+
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)
 
 
 def storage_url(folder: str | Path) -> str:
@@ -82,7 +97,8 @@ def prepare_study(url: str, name: str, space: dict[str, Dimension], data_hash: s
     it runs on and the warm-start trials."""
     import optuna
 
-    study = optuna.create_study(storage=url, study_name=name, direction="maximize", load_if_exists=True)
+    with quiet_optuna():
+        study = optuna.create_study(storage=url, study_name=name, direction="maximize", load_if_exists=True)
     study.set_user_attr(DATASET_ATTR, data_hash)
     if warm is None or study.user_attrs.get(WARM_START_ATTR):
         return

@@ -519,14 +519,17 @@ def _searcher(plan: StudyPlan, data_hash: str = "", warm: Any = None) -> Any:
         Path(plan.results_dir).mkdir(parents=True, exist_ok=True)
         prepare_study(url, s.study_name, plan.space, data_hash, warm)
         storage = optuna.storages.RDBStorage(url)
-    return OptunaSearch(
-        metric=plan.metric,
-        mode="max",
-        sampler=sampler,
-        points_to_evaluate=list(plan.initial_points) or None,
-        storage=storage,
-        study_name=s.study_name if storage is not None else None,
-    )
+    from fsl.study.optuna_store import quiet_optuna
+
+    with quiet_optuna():  # it opens (or creates) its Optuna study here
+        return OptunaSearch(
+            metric=plan.metric,
+            mode="max",
+            sampler=sampler,
+            points_to_evaluate=list(plan.initial_points) or None,
+            storage=storage,
+            study_name=s.study_name if storage is not None else None,
+        )
 
 
 def _scheduler(plan: StudyPlan) -> Any:
