@@ -559,7 +559,13 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
     from fsl.study.divergence import NoRetryAfterDivergence
     from fsl.study.optuna_store import read_warm_start
     from fsl.study.progress import ProgressPrinter
-    from fsl.study.waiting import QUIET_TUNE_WAIT_WARNING, StudyWaitedTooLong, WaitForResources, take_expired
+    from fsl.study.waiting import (
+        QUIET_TUNE_WAIT_WARNING,
+        StudyWaitedTooLong,
+        WaitForResources,
+        resuming_with,
+        take_expired,
+    )
     from fsl.tracking.provenance import dataset_hash
 
     s = plan.settings
@@ -594,6 +600,7 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
     asks = describe(res.per_worker) if res.workers == 1 else f"{res.workers} workers of {describe(res.per_worker)}"
     wait = WaitForResources(asks, s.wait_timeout_s)
     if s.resume:
+        resuming_with(s.wait_timeout_s)
         tuner = tune.Tuner.restore(s.study_path, trainable=trainable, resume_unfinished=True, resume_errored=False)
     else:
         tuner = tune.Tuner(

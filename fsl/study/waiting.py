@@ -35,6 +35,15 @@ class StudyWaitedTooLong(RuntimeError):
 _expired: list[WaitForResources] = []
 
 
+# The --wait-timeout of the study being resumed in this process: Tune restores the interrupted study's callback.
+_resumed_timeout: list[float | None] = []
+
+
+def resuming_with(timeout_s: float | None) -> None:
+    """Set the wait timeout that a callback restored from now on takes (run_study calls it before a restore)."""
+    _resumed_timeout[:] = [timeout_s]
+
+
 def take_expired() -> WaitForResources | None:
     """The wait that ended the last tuner.fit() of this process, if one did (and forget it). Tune's interrupt
     lines, silenced for that ending, are heard again."""
@@ -65,7 +74,9 @@ class WaitForResources(Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.expired, self._since = False, None  # a resumed study waits afresh
+        self.expired, self._since = False, None  # a resumed study waits afresh...
+        if _resumed_timeout:  # ...as long as its own command line says, not the interrupted one's
+            self.timeout_s = _resumed_timeout[0]
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         if self.expired:
