@@ -129,7 +129,7 @@ def test_a_study_started_before_any_gpu_node_exists_grows_the_cluster_which_shri
 
     assert _worker_nodes() == [] and ray.cluster_resources().get("GPU", 0) == 0  # the head alone, no GPU
     argv = tiny_study_argv(tiny_hw4_master, tmp_path, "grow", "grown") + [
-        *"--num-samples 4 --epochs 2 --grace-period 2 --episodes-per-epoch 4 --gpus-per-worker 1".split(),
+        *"--num-samples 2 --epochs 1 --grace-period 1 --episodes-per-epoch 4 --gpus-per-worker 1".split(),
         *FIXED,
         *("--address", cluster.address),
     ]
@@ -142,12 +142,12 @@ def test_a_study_started_before_any_gpu_node_exists_grows_the_cluster_which_shri
     ) in done.stdout
 
     results = _trial_results(tmp_path / "results" / "grown")
-    assert len(results) == 4 and all(r[-1]["epoch"] == 2 for r in results.values())
+    assert len(results) == 2 and all(r[-1]["epoch"] == 1 for r in results.values())
     nodes = {r[-1]["node_id"] for r in results.values()}
     head = ray.get_runtime_context().get_node_id()
     assert head not in nodes  # every trial ran on a node the autoscaler added for it
     children = _children(tmp_path, "grow")
-    assert len(children) == 4 and set(children["status"]) == {"FINISHED"}
+    assert len(children) == 2 and set(children["status"]) == {"FINISHED"}
     by_trial = {r[-1]["trial_id"]: r[-1]["node_id"] for r in results.values()}
     for _, child in children.iterrows():
         assert child["tags.fsl.nodes"] == by_trial[child["tags.fsl.trial_id"]]
@@ -319,7 +319,7 @@ def test_ray_job_submit_runs_a_study_on_the_cluster_as_the_readme_does(cluster, 
     study = tmp_path / "results" / "submitted"
     entrypoint = ["python", "studies/protonet_search.py", "--address", "auto"]
     entrypoint += tiny_study_argv(tiny_hw4_master, tmp_path, "jobs", "submitted")
-    entrypoint += [*"--num-samples 2 --epochs 1 --episodes-per-epoch 4".split(), *FIXED]
+    entrypoint += [*"--num-samples 1 --epochs 1 --episodes-per-epoch 4".split(), *FIXED]
     try:
         done = subprocess.run(
             [
@@ -339,7 +339,7 @@ def test_ray_job_submit_runs_a_study_on_the_cluster_as_the_readme_does(cluster, 
     assert f"Job 'fsl-{tmp_path.name}' succeeded" in done.stdout
     assert "Preparing study 'submitted'" in done.stdout  # the job's logs, streamed back by `ray job submit`
     results = _trial_results(study)
-    assert len(results) == 2 and all(r[-1]["epoch"] == 1 for r in results.values())
+    assert len(results) == 1 and all(r[-1]["epoch"] == 1 for r in results.values())
     assert {r[-1]["node_id"] for r in results.values()} <= nodes
     runs = _children(tmp_path, "jobs")
-    assert len(runs) == 2 and set(runs["status"]) == {"FINISHED"}
+    assert len(runs) == 1 and set(runs["status"]) == {"FINISHED"}

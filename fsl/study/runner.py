@@ -641,7 +641,8 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
     if (expired := take_expired()) is not None:
         raise StudyWaitedTooLong(
             f"no trial could run for {expired.waited_s:.0f} s (--wait-timeout {expired.timeout_s:g}): "
-            f"{expired.pending} trials pending, each asking for {asks}, which the cluster did not provide; the "
+            f"{expired.pending} trial{'s' if expired.pending != 1 else ''} pending, each asking for {asks}, which "
+            "the cluster did not provide; the "
             f"study is saved in {s.study_path}: add --resume to continue it once the cluster has the resources"
         )
     return study_outcome(plan)
