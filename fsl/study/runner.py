@@ -557,7 +557,7 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
     from fsl.distributed.placement import ReleaseTrainPlacementGroups
     from fsl.distributed.train_trial import SharedData
     from fsl.study.divergence import NoRetryAfterDivergence
-    from fsl.study.optuna_store import read_warm_start
+    from fsl.study.optuna_store import quiet_optuna, read_warm_start
     from fsl.study.progress import ProgressPrinter
     from fsl.study.waiting import (
         QUIET_TUNE_WAIT_WARNING,
@@ -637,7 +637,8 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
     for name, value in QUIET_TUNE_WAIT_WARNING.items():
         os.environ.setdefault(name, value)
     take_expired()
-    tuner.fit()
+    with quiet_optuna():  # Optuna's INFO line on reopening the study's storage; the study prints its own lines
+        tuner.fit()
     if (expired := take_expired()) is not None:
         raise StudyWaitedTooLong(
             f"no trial could run for {expired.waited_s:.0f} s (--wait-timeout {expired.timeout_s:g}): "
