@@ -153,28 +153,36 @@ class FakeAutoscalingCluster:
     def processes(self) -> list[psutil.Process]:
         """Every live process of this cluster: those whose command line names the cluster's temp folder or port
         (its daemons and raylets), and their children (Ray's workers, which rename themselves `ray::...`)."""
-        marks = (str(self.temp_dir), f":{self.port}")
-        found: dict[int, psutil.Process] = {}
-        for process in psutil.process_iter(["cmdline"]):
-            cmdline = " ".join(process.info["cmdline"] or ())
-            if any(mark in cmdline for mark in marks) and process.pid != os.getpid():
-                found[process.pid] = process
-                try:
-                    found.update((child.pid, child) for child in process.children(recursive=True))
-                except psutil.NoSuchProcess:
-                    pass
-        found.pop(os.getpid(), None)
-        return list(found.values())
+        return processes_naming(str(self.temp_dir), f":{self.port}")
 
     def shutdown(self) -> None:
-        processes = self.processes()
-        for process in processes:
+        kill(self.processes())
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def processes_naming(*marks: str) -> list[psutil.Process]:
+    """Live processes (not this one) whose command line contains one of `marks`, and all their children."""
+    found: dict[int, psutil.Process] = {}
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or ())
+        if any(mark in cmdline for mark in marks):
+            found[process.pid] = process
             try:
-                process.send_signal(signal.SIGKILL)
+                found.update((child.pid, child) for child in process.children(recursive=True))
             except psutil.NoSuchProcess:
                 pass
-        psutil.wait_procs(processes, timeout=30)
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+    found.pop(os.getpid(), None)
+    return list(found.values())
+
+
+def kill(processes: list[psutil.Process]) -> None:
+    """SIGKILL each process and wait until they are gone."""
+    for process in processes:
+        try:
+            process.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(processes, timeout=30)
 
 
 def _reload_ray_auth() -> None:

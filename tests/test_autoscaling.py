@@ -21,7 +21,7 @@ import pytest
 from conftest import tiny_study_argv
 from trial_holds import GUARD_S, TrialHolds
 
-from bench.fake_cluster import FakeAutoscalingCluster, free_port, wait_until
+from bench.fake_cluster import FakeAutoscalingCluster, free_port, kill, processes_naming, wait_until
 from fsl.distributed.cluster_shape import CONFIG_ENV
 
 pytestmark = pytest.mark.ray
@@ -86,16 +86,7 @@ def _ray_start_argv(cluster: FakeAutoscalingCluster, folder: Path, flags: str) -
 
 def _stop_node(folder: Path) -> None:
     """Kill a node started by _start_node: every process that names its temp folder, and their children."""
-    processes = []
-    for process in psutil.process_iter(["cmdline"]):
-        if str(folder) in " ".join(process.info["cmdline"] or ()):
-            processes += [process, *process.children(recursive=True)]
-    for process in processes:
-        try:
-            process.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(processes, timeout=30)
+    kill(processes_naming(str(folder)))
 
 
 def _run_study(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
