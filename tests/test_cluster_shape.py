@@ -158,7 +158,7 @@ def test_the_launcher_config_is_read_from_the_file_named_by_the_environment(tmp_
 
 def test_what_fits_now_is_counted_per_node_not_on_the_cluster_s_sum():
     from fsl.distributed.train_trial import TrialResources
-    from fsl.study.runner import fitting_now
+    from fsl.study.capacity import fitting_now
 
     two_one_gpu_nodes = [{"CPU": 1.0, "GPU": 1.0}, {"CPU": 1.0, "GPU": 1.0}]
     assert fitting_now(TrialResources(1, 1.0, 2.0), two_one_gpu_nodes) == 0  # 2 GPUs in all, but on no one node
