@@ -114,8 +114,10 @@ def test_the_settings_table_and_chart_are_on_the_parent(office):
         assert 0 < row["val_acc_ci95"] < 1
 
 
-def test_given_checkpoints_skip_pre_training(office, tiny_office: Path, capsys):
-    """--ssl-checkpoint as an MLflow runs:/ URI and --supervised-checkpoint as a file, for settings C and D."""
+def test_given_checkpoints_skip_pre_training_and_settings_train_with_two_worker_ddp(office, tiny_office: Path, capsys):
+    """--ssl-checkpoint as an MLflow runs:/ URI and --supervised-checkpoint as a file, for settings C and D, on 2 DDP
+    workers: full fine-tuning (C) and a frozen backbone with features extracted once (D). One study for both checks:
+    each DDP trial starts three processes."""
     runs = _office_runs(office["uri"])
     parent = runs[(runs["tags.fsl.role"] == "study") & (runs["tags.mlflow.runName"] == "settings")].iloc[0]
     client = MlflowClient(office["uri"])
@@ -124,9 +126,9 @@ def test_given_checkpoints_skip_pre_training(office, tiny_office: Path, capsys):
         supervised_uri.split("/")[1], "checkpoint/best_model.pt", str(office["tmp"] / "sup")
     )
     argv = [
-        *("--data", str(tiny_office), "--image-size", "16", "--arch", "resnet18", "--epochs", "1"),
+        *("--data", str(tiny_office), "--image-size", "16", "--arch", "resnet18", "--epochs", "2"),
         *("--settings", "C,D", "--ssl-checkpoint", parent["params.byol_checkpoint"]),
-        *("--supervised-checkpoint", supervised_file),
+        *("--supervised-checkpoint", supervised_file, "--workers-per-trial", "2"),
         *_params("--param", TINY_CLASSIFIER_PARAMS),
         *tiny_output_argv(office["tmp"], "office", "given"),
     ]
@@ -139,19 +141,7 @@ def test_given_checkpoints_skip_pre_training(office, tiny_office: Path, capsys):
     assert given["params.supervised_checkpoint"] == supervised_file
     assert not runs["tags.mlflow.runName"].isin(["given-byol", "given-supervised"]).any()
 
-
-def test_settings_train_with_two_worker_ddp(office, tiny_office: Path):
-    """Full fine-tuning (A) and a frozen backbone with features extracted once (E) on 2 DDP workers."""
-    runs = _office_runs(office["uri"])
-    parent = runs[(runs["tags.fsl.role"] == "study") & (runs["tags.mlflow.runName"] == "settings")].iloc[0]
-    argv = [
-        *("--data", str(tiny_office), "--image-size", "16", "--arch", "resnet18", "--epochs", "2"),
-        *("--settings", "A,E", "--ssl-checkpoint", parent["params.byol_checkpoint"], "--workers-per-trial", "2"),
-        *_params("--param", TINY_CLASSIFIER_PARAMS),
-        *tiny_output_argv(office["tmp"], "office", "ddp"),
-    ]
-    assert office_settings(argv) == 0
-    trial_dirs = sorted((office["tmp"] / "results" / "ddp").glob("trial-*"))
+    trial_dirs = sorted((office["tmp"] / "results" / "given").glob("trial-*"))
     assert len(trial_dirs) == 2
     for trial_dir in trial_dirs:
         results = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]

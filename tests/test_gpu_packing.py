@@ -50,12 +50,12 @@ def test_quarter_gpu_trials_run_four_at_once(ray_with_one_gpu, tiny_hw4_master: 
     assert concurrency(quarter, total_trials=6)[0] == 4  # 1 GPU / 0.25, though 6 CPUs would fit six
 
     argv = tiny_study_argv(tiny_hw4_master, tmp_path, "packing", "quarter-gpus") + [
-        *"--num-samples 6 --epochs 2 --episodes-per-epoch 10 --gpus-per-worker 0.25".split(),
+        *"--num-samples 5 --epochs 1 --episodes-per-epoch 2 --gpus-per-worker 0.25".split(),
         *"--param lr=0.002 --param augment=none --param head_depth=0 --param train_way=5".split(),
-        *"--grace-period 2".split(),  # no early stopping
+        *"--grace-period 1".split(),  # no early stopping
     ]
     # Each of the first four reports is held: a held trial reports nothing more, so they come from four trials,
-    # and all four wait at once (a fifth trial could only start when one of them ends).
+    # and all four wait at once (the fifth trial could only start when one of them ends).
     holds = TrialHolds(tmp_path / "holds", range(1, 5))
     study_ended = threading.Event()
     held: list[int] = []
@@ -79,7 +79,7 @@ def test_quarter_gpu_trials_run_four_at_once(ray_with_one_gpu, tiny_hw4_master: 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["packing"])
     children = runs[runs["tags.fsl.role"] == "trial"]
-    assert len(children) == 6 and (children["status"] == "FINISHED").all()
+    assert len(children) == 5 and (children["status"] == "FINISHED").all()
     intervals = [(int(r.start_time.value), int(r.end_time.value)) for r in children.itertuples()]
     assert max_overlap(intervals) == 4  # the four held runs were open together, and never a fifth
     parent = runs[runs["tags.fsl.role"] == "study"].iloc[0]

@@ -54,7 +54,7 @@ def test_resume_after_the_driver_is_killed(tiny_hw4_master: Path, tmp_path: Path
     study = tmp_path / "results" / "interrupted"
     flags = [
         *tiny_study_argv(tiny_hw4_master, tmp_path, "resume", "interrupted"),
-        *f"--num-samples {SAMPLES} --epochs {EPOCHS} --episodes-per-epoch 40 --grace-period {EPOCHS}".split(),
+        *f"--num-samples {SAMPLES} --epochs {EPOCHS} --episodes-per-epoch 4 --grace-period {EPOCHS}".split(),
         *"--max-concurrent 1 --num-cpus 2".split(),
     ]
     # One trial at a time, none stopped early: the third trial is held before it reports its second epoch, so the

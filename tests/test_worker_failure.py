@@ -68,7 +68,7 @@ def test_a_killed_train_worker_is_replaced_and_the_trial_resumes_from_its_checkp
 ):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     argv = tiny_study_argv(tiny_hw4_master, tmp_path, "worker-failure", "worker-kill") + [
-        *f"--num-samples 1 --epochs {EPOCHS} --episodes-per-epoch 40".split(),
+        *f"--num-samples 1 --epochs {EPOCHS} --episodes-per-epoch 4".split(),
         *"--workers-per-trial 2 --cpus-per-worker 1".split(),
         *FIXED.split(),
     ]
