@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bench.b4_ray_overhead import run_study_quietly, study_workspace
 from bench.common import Row, demo_data, make_row, median
-from bench.fake_cluster import FakeAutoscalingCluster, wait_until
+from bench.fake_cluster import FakeAutoscalingCluster, environment, wait_until
 from fsl.distributed.cluster_shape import CONFIG_ENV
 from fsl.distributed.train_trial import TrialResources
 from fsl.study.runner import StudySettings
@@ -61,40 +61,35 @@ def _side(work: Path, side: str, repeat: int, quick: bool) -> tuple[float, float
     present = side == "baseline"
     node = {"resources": {"CPU": 1, "GPU": 1}, "min_workers": GPU_NODES if present else 0, "max_workers": GPU_NODES}
     cluster = FakeAutoscalingCluster({"gpu-node": node}, head_cpus=1, idle_timeout_minutes=0.1, max_workers=GPU_NODES)
-    saved = os.environ.get(CONFIG_ENV)
-    os.environ[CONFIG_ENV] = str(cluster.config_path)
     try:
-        cluster.start()
-        with cluster.driver(log_to_driver=False):  # the table, not the autoscaler's lines
-            if present:
-                wait_until(lambda: _gpu_nodes() == GPU_NODES, GUARD_S, "the GPU nodes to be up")
-            else:
-                assert _gpu_nodes() == 0
-            trials, epochs = (2, 1) if quick else (4, 2)
-            base = ProtoNetConfig(
-                epochs=epochs, episodes_per_epoch=4, n_query=5, eval_episodes=30, image_size=16, seed=repeat
-            )
-            settings = StudySettings(
-                study_name=f"{side}-{repeat}", storage=str(work / "results"), tracking_uri=f"sqlite:///{work}/mlflow.db",
-                experiment="bench-b8", num_samples=trials, resources=TrialResources(1, 1.0, 1.0),
-                address=cluster.address, seed=repeat, grace_period=epochs,
-            )  # fmt: skip
-            data = demo_data(16, n_train_classes=8, n_val_classes=5, images_per_class=20)
-            plan = plan_study(data, base, FIXED, settings)
-            started = time.perf_counter()
-            outcome = run_study_quietly(plan, work / "studies.log")
-            study_s = time.perf_counter() - started
-            if len(outcome.table) != trials or set(outcome.table["status"]) != {"TERMINATED"}:
-                raise RuntimeError(f"the {side} study did not finish every trial; see {work / 'studies.log'}")
-            if not present:  # a new node for the probe: wait until the study's have gone idle and away
-                wait_until(lambda: _gpu_nodes() == 0, GUARD_S, "the idle GPU nodes to go away")
-            return study_s, _start_latency()
+        with environment({CONFIG_ENV: str(cluster.config_path)}):  # the study reads the node types there
+            cluster.start()
+            with cluster.driver(log_to_driver=False):  # the table, not the autoscaler's lines
+                if present:
+                    wait_until(lambda: _gpu_nodes() == GPU_NODES, GUARD_S, "the GPU nodes to be up")
+                else:
+                    assert _gpu_nodes() == 0
+                trials, epochs = (2, 1) if quick else (4, 2)
+                base = ProtoNetConfig(
+                    epochs=epochs, episodes_per_epoch=4, n_query=5, eval_episodes=30, image_size=16, seed=repeat
+                )
+                settings = StudySettings(
+                    study_name=f"{side}-{repeat}", storage=str(work / "results"),
+                    tracking_uri=f"sqlite:///{work}/mlflow.db", experiment="bench-b8", num_samples=trials,
+                    resources=TrialResources(1, 1.0, 1.0), address=cluster.address, seed=repeat, grace_period=epochs,
+                )  # fmt: skip
+                data = demo_data(16, n_train_classes=8, n_val_classes=5, images_per_class=20)
+                plan = plan_study(data, base, FIXED, settings)
+                started = time.perf_counter()
+                outcome = run_study_quietly(plan, work / "studies.log")
+                study_s = time.perf_counter() - started
+                if len(outcome.table) != trials or set(outcome.table["status"]) != {"TERMINATED"}:
+                    raise RuntimeError(f"the {side} study did not finish every trial; see {work / 'studies.log'}")
+                if not present:  # a new node for the probe: wait until the study's have gone idle and away
+                    wait_until(lambda: _gpu_nodes() == 0, GUARD_S, "the idle GPU nodes to go away")
+                return study_s, _start_latency()
     finally:
         cluster.shutdown()
-        if saved is None:
-            os.environ.pop(CONFIG_ENV, None)
-        else:
-            os.environ[CONFIG_ENV] = saved
 
 
 def run(quick: bool) -> list[Row]:

@@ -135,19 +135,15 @@ class FakeAutoscalingCluster:
         the studies it starts inherit the token through the environment. Both are undone at the end."""
         import ray
 
-        saved = {name: os.environ.get(name) for name in self.env}
-        os.environ.update(self.env)
-        _reload_ray_auth()
         try:
-            ray.init(address=self.address, **{"logging_level": "WARNING", **init_args})
-            yield
+            with environment(self.env):
+                _reload_ray_auth()
+                try:
+                    ray.init(address=self.address, **{"logging_level": "WARNING", **init_args})
+                    yield
+                finally:
+                    ray.shutdown()
         finally:
-            ray.shutdown()
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
             _reload_ray_auth()
 
     def processes(self) -> list[psutil.Process]:
@@ -158,6 +154,21 @@ class FakeAutoscalingCluster:
     def shutdown(self) -> None:
         kill(self.processes())
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """This process's environment with `values` set, and as it was again at the end."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def processes_naming(*marks: str) -> list[psutil.Process]:
