@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 import pandas as pd
 
 from fsl.distributed.train_trial import TrialResources
+from fsl.study.optuna_store import WarmStart
 from fsl.study.space import Dimension
 from fsl.tracking.summary import RESULTS_CSV, best_row
 from fsl.tracking.uri import check_tracking_server
@@ -356,7 +357,7 @@ def optuna_storage_url(plan: StudyPlan) -> str | None:
     return storage_url(plan.results_dir) if plan.settings.storage_is_local and uses_optuna(plan) else None
 
 
-def _searcher(plan: StudyPlan, data_hash: str = "", warm: Any = None) -> Any:
+def _searcher(plan: StudyPlan, data_hash: str = "", warm: WarmStart | None = None) -> Any:
     """Optuna's seeded TPE (or random sampler) over the space (TPE per cell for an ablation), its trials in the
     study's Optuna storage, warm-started when asked; with a grid (or nothing searched), Tune's own variant
     generator."""
@@ -371,6 +372,8 @@ def _searcher(plan: StudyPlan, data_hash: str = "", warm: Any = None) -> Any:
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    from fsl.study.optuna_store import prepare_study, quiet_optuna
+
     if plan.sampler == "random":
         sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=s.seed)
     else:
@@ -380,13 +383,9 @@ def _searcher(plan: StudyPlan, data_hash: str = "", warm: Any = None) -> Any:
         )
     storage, url = None, optuna_storage_url(plan)
     if url is not None:
-        from fsl.study.optuna_store import prepare_study
-
         Path(plan.results_dir).mkdir(parents=True, exist_ok=True)
         prepare_study(url, s.study_name, plan.space, data_hash, warm)
         storage = optuna.storages.RDBStorage(url)
-    from fsl.study.optuna_store import quiet_optuna
-
     with quiet_optuna():  # it opens (or creates) its Optuna study here
         return OptunaSearch(
             metric=plan.metric,
