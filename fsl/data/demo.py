@@ -62,14 +62,14 @@ def ensure_demo_dataset(
     images_per_class: int = 60,
 ) -> Path:
     """Return the demo data folder, generating it on first use (atomically: a crash leaves nothing half-made)."""
-    return _generate_once(
+    return generate_once(
         demo_root(seed, image_size, cache_dir),
         "val_testcase_gt.csv",
         lambda staging: write_demo_dataset(staging, seed, image_size, n_train_classes, n_val_classes, images_per_class),
     )
 
 
-def _generate_once(root: Path, last_file: str, write: Callable[[Path], None]) -> Path:
+def generate_once(root: Path, last_file: str, write: Callable[[Path], None]) -> Path:
     """Return `root`, first calling write(staging) on a fresh sibling folder and renaming it to `root` if
     `root`/`last_file` (the file generation writes last) is missing; a crash leaves nothing half-made."""
     if (root / last_file).is_file():
@@ -174,7 +174,7 @@ def ensure_office_demo_dataset(
 
     The folder name holds seed and image size only: pass other sizes together with their own cache_dir.
     """
-    return _generate_once(
+    return generate_once(
         office_demo_root(seed, image_size, cache_dir),
         "val.csv",
         lambda staging: write_office_demo_dataset(staging, seed, image_size, n_classes, train_per_class, val_per_class),
@@ -255,16 +255,26 @@ def render_class(
     image_size: int,
     rng: np.random.Generator,
     background: str = "clutter",
+    *,
+    supersample: int = 2,
+    hue_jitter: float = 0.02,
+    texture_freq: tuple[float, float] = (5.0, 8.0),
+    distractors: int = 1,
+    occluders: int = 0,
 ) -> np.ndarray:
-    """Render n images (n, S, S, 3) uint8 of one class, at twice the size then averaged down (anti-aliasing).
+    """Render n images (n, S, S, 3) uint8 of one class, at `supersample` times the size then averaged down
+    (anti-aliasing).
 
     `hue` is the class's hue index (0..N_HUES) or one per image. `background` is the domain: "clutter" (a
     random, mostly grey, dim-to-mid backdrop) or "studio" (a bright,
-    near-white backdrop lit from above, with the object's soft drop shadow). Both add a distractor blob.
+    near-white backdrop lit from above, with the object's soft drop shadow). Each of `distractors` blobs is
+    drawn behind the object with probability 0.6, each of `occluders` in front of it (hiding part of it).
+    The keyword defaults are the demo's; the full-size stand-ins (fsl.data.standins) make classes harder to
+    tell apart with them.
     """
     if background not in BACKGROUNDS:
         raise ValueError(f"unknown background {background!r}; expected one of {', '.join(BACKGROUNDS)}")
-    size = 2 * image_size
+    size = supersample * image_size
     axis = (np.arange(size) + 0.5) / size * 2 - 1
     y, x = np.meshgrid(axis, axis, indexing="ij")
     x, y = x[None], y[None]
@@ -280,12 +290,11 @@ def render_class(
     u = np.cos(angle) * dx + np.sin(angle) * dy
     v = -np.sin(angle) * dx + np.cos(angle) * dy
     mask = _shape_mask(shape, u, v)
-    ink = _texture(texture, u, v, per_image(5.0, 8.0), per_image(0, 2 * np.pi))
+    ink = _texture(texture, u, v, per_image(*texture_freq), per_image(0, 2 * np.pi))
 
     # The class colour, with shade variation; the texture is drawn in a darker tone of the same hue.
-    colour = _hsv_to_rgb(
-        (np.asarray(hue) / N_HUES + rng.normal(0, 0.02, n)) % 1, rng.uniform(0.55, 1.0, n), rng.uniform(0.6, 1.0, n)
-    )[:, None, None, :]
+    hues = (np.asarray(hue) / N_HUES + rng.normal(0, hue_jitter, n)) % 1
+    colour = _hsv_to_rgb(hues, rng.uniform(0.55, 1.0, n), rng.uniform(0.6, 1.0, n))[:, None, None, :]
     object_rgb = colour * (1 - 0.6 * ink[..., None])
 
     if background == "clutter":
@@ -302,11 +311,19 @@ def render_class(
         sx, sy = dx - shadow_dx / scale, dy - shadow_dy / scale
         shadow = _shape_mask(shape, np.cos(angle) * sx + np.sin(angle) * sy, -np.sin(angle) * sx + np.cos(angle) * sy)
         image = backdrop[:, None, None, :] + gradient - (0.3 * shadow)[..., None]
-    blob_x, blob_y, blob_r = per_image(-0.8, 0.8), per_image(-0.8, 0.8), per_image(0.1, 0.3)
-    blob = ((x - blob_x) ** 2 + (y - blob_y) ** 2 < blob_r**2) & (rng.uniform(size=(n, 1, 1)) < 0.6)
-    blob_rgb = _hsv_to_rgb(rng.uniform(0, 1, n), rng.uniform(0.3, 1, n), rng.uniform(0.3, 1, n))
-    image = np.where(blob[..., None], blob_rgb[:, None, None, :], image)
+
+    def blob_over(image: np.ndarray, radius: tuple[float, float]) -> np.ndarray:
+        blob_x, blob_y, blob_r = per_image(-0.8, 0.8), per_image(-0.8, 0.8), per_image(*radius)
+        blob = ((x - blob_x) ** 2 + (y - blob_y) ** 2 < blob_r**2) & (rng.uniform(size=(n, 1, 1)) < 0.6)
+        blob_rgb = _hsv_to_rgb(rng.uniform(0, 1, n), rng.uniform(0.3, 1, n), rng.uniform(0.3, 1, n))
+        return np.where(blob[..., None], blob_rgb[:, None, None, :], image)
+
+    for _ in range(distractors):
+        image = blob_over(image, (0.1, 0.3))
     image = np.where(mask[..., None], object_rgb, image)
+    for _ in range(occluders):
+        image = blob_over(image, (0.1, 0.25))
     image = image + rng.normal(0, 0.05, size=image.shape)
-    image = image.reshape(n, image_size, 2, image_size, 2, 3).mean(axis=(2, 4))
+    if supersample > 1:
+        image = image.reshape(n, image_size, supersample, image_size, supersample, 3).mean(axis=(2, 4))
     return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
