@@ -59,3 +59,25 @@ def test_max_overlap_counts_trials_running_at_once() -> None:
 
     assert max_overlap([trial(0, 10), trial(2, 5), trial(4, 12), trial(11, 20)]) == 3
     assert max_overlap([trial(0, 1), trial(2, 3)]) == 1
+
+
+def test_b9_decode_figures_time_both_sides_over_the_same_files(tmp_path: Path) -> None:
+    from bench.b9_full_size import decode_figures
+    from fsl.data.standins import write_office_standin
+
+    root = tmp_path / "office"
+    write_office_standin(root, n_classes=3, n_images=30, sides=(20, 30), workers=1)
+    figures = decode_figures(root, 16, tmp_path / "cache")
+    assert figures["images"] == 30 and figures["raw_mb"] == pytest.approx(30 * 16 * 16 * 3 / 1024**2)
+    for key in ("ours_s", "baseline_s", "cached_s", "ours_cores", "baseline_cores"):
+        assert math.isfinite(figures[key]) and figures[key] > 0, key
+    assert list((tmp_path / "cache" / "decoded").glob("*.npz"))  # ours decoded into its cache, then read it back
+
+
+def test_b9_sampled_keeps_the_first_and_last_reading() -> None:
+    from bench.b9_full_size import sampled
+
+    values = iter(range(1000))
+    with sampled(lambda: next(values), every_s=0.001) as samples:
+        pass
+    assert samples == list(range(len(samples))) and len(samples) >= 2  # none lost, the last after the block

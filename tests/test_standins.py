@@ -98,12 +98,11 @@ def test_ensure_makes_a_stand_in_once_and_finds_it_after(tmp_path: Path, monkeyp
     import fsl.data.standins as standins
 
     calls = []
-    small = lambda root, seed, workers: (
+
+    def small(root: Path, seed: int, workers: int | None) -> None:
         calls.append(root)
-        or write_office_standin(  # noqa: E731
-            root, seed, n_classes=3, n_images=12, sides=(20, 24), workers=workers
-        )
-    )
+        write_office_standin(root, seed, n_classes=3, n_images=12, sides=(20, 24), workers=workers)
+
     monkeypatch.setattr(standins, "write_office_standin", small)
     first = ensure_standin("office", root=tmp_path / "office", workers=1)
     again = ensure_standin("office", root=tmp_path / "office", workers=1)
