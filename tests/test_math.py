@@ -126,3 +126,22 @@ def test_protonet_forward_matches_the_pure_functions():
     z = model.embed(images)
     expected = -squared_euclidean(z[4:], prototypes(z[:4], torch.tensor([0, 0, 1, 1]), 2))
     assert torch.allclose(model(images, n_way=2, k_shot=2), expected, atol=1e-5)
+
+
+def test_embedding_batches_keep_the_first_feature_map_under_its_budget():
+    from fsl.train.evaluate import embed_batch_size
+
+    # 128 MiB / (64 channels x 84 x 84 x 4 bytes) = 74.0 images; 32 px: 512, capped at 500; 224 px: 10, raised to 16
+    assert embed_batch_size((84, 84)) == 74
+    assert embed_batch_size((32, 32)) == 500
+    assert embed_batch_size((224, 224)) == 16
+
+
+def test_embeddings_do_not_depend_on_the_batch_size():
+    from fsl.train.evaluate import embed_rows
+
+    torch.manual_seed(0)
+    model = ProtoNet(image_size=16, head_depth=0, distance="euclidean").eval()
+    images = torch.randint(0, 256, (20, 16, 16, 3), dtype=torch.uint8)
+    rows = np.array([3, 0, 7, 19, 12])
+    torch.testing.assert_close(embed_rows(model, images, rows, batch_size=2), embed_rows(model, images, rows))

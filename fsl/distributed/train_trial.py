@@ -42,7 +42,15 @@ class SharedData:
 
     @classmethod
     def put(cls, objects: dict[str, Any]) -> SharedData:
-        return cls({name: ray.put(value) for name, value in objects.items()})
+        """Put each object in the object store once, and replace it in `objects` by the store's read-only view
+        of it, one object at a time: the caller's own copy (in the driver, the decoded splits) is freed as its
+        view takes its place, so the driver holds the data once, in shared memory, not twice (bench b9: 969 MiB
+        of Mini-ImageNet pixels cost the driver 1.9 GiB before)."""
+        refs = {}
+        for name in list(objects):
+            refs[name] = ray.put(objects[name])
+            objects[name] = ray.get(refs[name])
+        return cls(refs)
 
     def get(self) -> dict[str, Any]:
         return dict(zip(self.refs, ray.get(list(self.refs.values())), strict=True))
