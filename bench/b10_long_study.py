@@ -17,7 +17,8 @@ round trips), `MLflowStudyCallback.on_trial_result` (an epoch's MLflow write) an
 trial's end in MLflow, after which the driver's RSS is read); each reported as the median of the 10 calls up to
 trials 50, 250 and 500 (quick: 2, 4, 6). A second row holds the driver's RSS growth from trial 50 to the last
 against a 100 MB budget; the note says how many child runs MLflow holds FINISHED (every trial's, once).
-BENCH_B10_TRIALS sets the number of trials (e.g. 2000).
+BENCH_B10_TRIALS sets the number of trials (e.g. 2000), BENCH_B10_EPISODES the training episodes of the epoch
+(1; 50 make a trial of about 1 s on a 2-core CPU, the anchor's length).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.b4_ray_overhead import ray_session, run_study_quietly, study_workspace
+from bench.b7_memory import trial_results
 from bench.common import Row, demo_data, make_row, median
 from fsl.distributed.train_trial import TrialResources
 from fsl.study.runner import StudySettings
@@ -157,10 +159,11 @@ def measure_in(work: Path, quick: bool) -> list[Row]:
     from fsl.tracking.mlflow_callback import MLflowStudyCallback
 
     trials = 6 if quick else int(os.environ.get("BENCH_B10_TRIALS", "500"))
+    episodes = int(os.environ.get("BENCH_B10_EPISODES", "1"))
     marks = (2, 4, 6) if quick else (50, trials // 2, trials)
     ray_session()
     root = demo_data(16, n_train_classes=8, n_val_classes=5, images_per_class=20)
-    base = ProtoNetConfig(epochs=1, episodes_per_epoch=1, eval_episodes=5, image_size=16, n_query=15)
+    base = ProtoNetConfig(epochs=1, episodes_per_epoch=episodes, eval_episodes=5, image_size=16, n_query=15)
     tracking = f"sqlite:///{work}/mlflow.db"
     settings = StudySettings(
         study_name="long", storage=str(work / "results"), tracking_uri=tracking, experiment="bench-b10",
@@ -183,6 +186,7 @@ def measure_in(work: Path, quick: bool) -> list[Row]:
     if len(outcome.table) != trials or (outcome.table["status"] != "TERMINATED").any():
         raise RuntimeError(f"the {trials}-trial study did not finish every trial; see {work / 'study.log'}")
     children = finished_children(tracking, "bench-b10")
+    trial_s = median([trial[-1]["time_total_s"] for trial in trial_results(settings.study_path) if trial])
     suggestions = calls["suggest"].seconds
     rss = calls["complete"].rss_mb
     growth = rss[-1] - rss[marks[0] - 1]
@@ -191,9 +195,10 @@ def measure_in(work: Path, quick: bool) -> list[Row]:
         return ", ".join(f"{at(values, k) * scale:.1f} {unit} at {k}" for k in marks) + f" ({name})"
 
     note = (
-        f"{trials} trials of 1 epoch (1 episode + 5 evaluation episodes, Conv4 16 px), {CONCURRENT} at a time, "
-        f"1 CPU each; per trial {ours_wall / trials:.2f} s (ours) and {bare_wall / trials:.2f} s (bare) of wall "
-        f"time; TPE suggestion {figures('OptunaSearch.suggest', suggestions, 1000, 'ms')}; MLflow per epoch "
+        f"{trials} trials of 1 epoch ({episodes} episode(s) + 5 evaluation episodes, Conv4 16 px; a trial's own "
+        f"time {trial_s:.2f} s, median), {CONCURRENT} at a time, 1 CPU each; study wall time per trial "
+        f"{ours_wall / trials:.2f} s (ours) and {bare_wall / trials:.2f} s (bare); TPE suggestion "
+        f"{figures('OptunaSearch.suggest', suggestions, 1000, 'ms')}; MLflow per epoch "
         f"{figures('on_trial_result', calls['result'].seconds, 1000, 'ms')}, trial end "
         f"{figures('on_trial_complete', calls['complete'].seconds, 1000, 'ms')}; {children} of {trials} child "
         "runs FINISHED in MLflow; medians of the 10 calls up to each trial count"

@@ -16,7 +16,7 @@
   of the data's size (the full-size trial holds at most 10% more).
 - Time from the start of planning (cached decode, checks, the untrained baseline on the 600 fixed episodes, the
   study's start) to the start of the first trial's first epoch, against the same on the demo data, Ray already
-  up: target within 2x (the untrained baseline embeds every val image, 9,600 against 1,600, the rest should
+  up: target within 2x (the untrained baseline embeds every val image, 9,600 against 960, the rest should
   not grow with the data).
 
 quick=True runs the same steps on small stand-ins (a smoke test of this file).
