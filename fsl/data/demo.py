@@ -113,9 +113,14 @@ def write_demo_dataset(
 
     _write_split(root, "train", classes(chosen[:n_train_classes]))
     _write_split(root, "val", classes(chosen[n_train_classes:]))
+    write_val_episodes(root, seed + 1, episodes or DEMO_EPISODES)
+
+
+def write_val_episodes(root: Path, seed: int, episodes: dict[str, int]) -> None:
+    """Draw fixed episodes (n_way, k_shot, n_query, n_episodes) from root/val.csv and write them as HW4's
+    val_testcase.csv and val_testcase_gt.csv."""
     val = pd.read_csv(root / "val.csv", dtype=str)
-    labels = pd.factorize(val["label"])[0]
-    fixed = draw_fixed_episodes(labels, seed=seed + 1, **(episodes or DEMO_EPISODES))
+    fixed = draw_fixed_episodes(pd.factorize(val["label"])[0], seed=seed, **episodes)
     write_fixed_episodes(fixed, list(val["id"]), root / "val_testcase.csv", root / "val_testcase_gt.csv")
 
 

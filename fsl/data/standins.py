@@ -16,6 +16,7 @@ is rendered from its own random stream of the seed, so the files do not depend o
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -27,13 +28,21 @@ import pandas as pd
 from PIL import Image
 
 from fsl.data.decoded import default_cache_dir
-from fsl.data.demo import COMBOS, N_HUES, SHAPES, TEXTURES, class_label, generate_once, render_class
-from fsl.data.episodes import draw_fixed_episodes, write_fixed_episodes
+from fsl.data.demo import (
+    COMBOS,
+    DEMO_EPISODES,
+    N_HUES,
+    SHAPES,
+    TEXTURES,
+    class_label,
+    generate_once,
+    render_class,
+    write_val_episodes,
+)
 
 STANDIN_VERSION = 1
 MINI_SPLITS = {"train": 64, "val": 16, "test": 20}
 MINI_PER_CLASS, MINI_IMAGE_SIZE = 600, 84
-HW4_EPISODES = {"n_way": 5, "k_shot": 1, "n_query": 15, "n_episodes": 600}
 OFFICE_CLASSES, OFFICE_IMAGES = 65, 15_500
 OFFICE_SIDES = (200, 420)  # each image's width and height are drawn from this range
 OFFICE_VAL_FRACTION = 0.1
@@ -145,9 +154,7 @@ def write_mini_standin(
         ]
         first += count
     _write_splits(root, jobs, workers)
-    val = pd.read_csv(root / "val.csv", dtype=str)
-    fixed = draw_fixed_episodes(pd.factorize(val["label"])[0], seed=seed + 1, **(episodes or HW4_EPISODES))
-    write_fixed_episodes(fixed, list(val["id"]), root / "val_testcase.csv", root / "val_testcase_gt.csv")
+    write_val_episodes(root, seed + 1, episodes or DEMO_EPISODES)
 
 
 def write_office_standin(
@@ -197,15 +204,12 @@ def _write_splits(root: Path, jobs: dict[str, list[ClassJob]], workers: int | No
             filenames = list(pool.map(_render_class_job, everything))
     else:
         filenames = [_render_class_job(job) for job in everything]
-    by_job = dict(zip(map(id, everything), filenames, strict=True))
-    next_id = 0
-    for split, split_jobs in jobs.items():
-        rows = []
-        for job in split_jobs:
-            for filename in by_job[id(job)]:
-                rows.append((next_id, filename, job.label))
-                next_id += 1
-        pd.DataFrame(rows, columns=["id", "filename", "label"]).to_csv(root / f"{split}.csv", index=False)
+    rows: dict[str, list[tuple[int, str, str]]] = {split: [] for split in jobs}
+    ids = itertools.count()
+    for job, names in zip(everything, filenames, strict=True):  # in split order, so ids run on across splits
+        rows[job.folder.name] += [(next(ids), name, job.label) for name in names]
+    for split, split_rows in rows.items():
+        pd.DataFrame(split_rows, columns=["id", "filename", "label"]).to_csv(root / f"{split}.csv", index=False)
 
 
 def _render_class_job(job: ClassJob) -> list[str]:
