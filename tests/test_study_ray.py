@@ -9,6 +9,7 @@ import pytest
 from conftest import tiny_study_argv
 from mlflow import MlflowClient
 
+from fsl.study.tune_state import KEEP_CHECKPOINTS
 from studies.protonet_search import main
 
 pytestmark = pytest.mark.ray
@@ -119,7 +120,13 @@ def test_trial_results_are_in_ray_storage(study):
     for trial_dir in trial_dirs:
         lines = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
         assert [r["epoch"] for r in lines] == list(range(1, len(lines) + 1))
-        assert len(list(trial_dir.glob("checkpoint_*"))) == 1  # only the latest is kept
+        # The last two are kept (fsl.study.tune_state), and Tune's own CSV and TensorBoard copies are not written.
+        assert len(list(trial_dir.glob("checkpoint_*"))) == min(len(lines), KEEP_CHECKPOINTS)
+        assert sorted(p.name for p in trial_dir.iterdir() if not p.name.startswith("checkpoint_")) == [
+            "params.json",
+            "params.pkl",
+            "result.json",
+        ]
 
 
 def test_predictions_from_the_best_checkpoint_reproduce_its_accuracy(study, tiny_hw4_master: Path, capsys):

@@ -248,12 +248,6 @@ def check_settings(settings: StudySettings) -> None:
 def start_ray(settings: StudySettings) -> None:
     import ray
 
-    # Keeping one checkpoint per trial forces a (cheap, milliseconds) experiment snapshot after each one,
-    # which is what makes --resume exact; Tune would warn about it on every epoch.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Tune snapshots the study every 10 s or more by default; a trial started after the last snapshot is
-    # unknown to --resume, which then reruns it under a new id. A snapshot takes milliseconds on local storage.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     if ray.is_initialized():
         return
     ray.init(**ray_init_args(settings))
@@ -425,8 +419,8 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
     from fsl.study.divergence import NoRetryAfterDivergence
     from fsl.study.optuna_store import quiet_optuna, read_warm_start
     from fsl.study.progress import ProgressPrinter
+    from fsl.study.tune_state import KEEP_CHECKPOINTS, study_tune_env, trial_loggers
     from fsl.study.waiting import (
-        QUIET_TUNE_WAIT_WARNING,
         StudyWaitedTooLong,
         WaitForResources,
         resuming_with,
@@ -494,16 +488,16 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
                     ReleaseTrainPlacementGroups(),
                     NoRetryAfterDivergence(),  # a diverged trial would diverge again
                     wait,
+                    *trial_loggers(),
                 ],
                 failure_config=tune.FailureConfig(max_failures=s.trial_max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
                 verbose=0,  # ProgressPrinter writes one line per event instead of Tune's large tables
             ),
         )
-    for name, value in QUIET_TUNE_WAIT_WARNING.items():
-        os.environ.setdefault(name, value)
     take_expired()
-    with quiet_optuna():  # Optuna's INFO line on reopening the study's storage; the study prints its own lines
+    # Optuna's INFO line on reopening the study's storage; the study prints its own lines
+    with quiet_optuna(), study_tune_env(plan.total_trials, s.resume):
         tuner.fit()
     if (expired := take_expired()) is not None:
         raise StudyWaitedTooLong(
