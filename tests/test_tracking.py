@@ -74,6 +74,38 @@ def test_children_of_trials_tune_never_saved_are_closed(tmp_path: Path):
     assert lost.data.metrics["val_acc"] == pytest.approx(0.4)  # what was logged is kept
 
 
+def test_after_listing_the_children_a_known_trial_goes_on_in_its_run_and_a_new_one_gets_its_own(tmp_path: Path):
+    first = _callback(tmp_path)
+    first.setup()
+    old, new = _trial("old"), _trial("new")
+    first.on_trial_start(0, [], old)
+    first.on_trial_result(0, [], old, {"epoch": 1, "val_acc": 0.4})
+
+    # A resumed driver lists the parent's children once (at its first step) and works from that list.
+    resumed = _callback(tmp_path)
+    resumed.setup()
+    resumed.on_step_begin(0, [old, new])
+    resumed.on_trial_start(0, [], old)
+    resumed.on_trial_start(0, [], new)
+    for epoch in (1, 2):
+        resumed.on_trial_result(0, [], old, {"epoch": epoch, "val_acc": 0.5, "best_val_acc": 0.5})
+    resumed.on_trial_result(0, [], new, {"epoch": 1, "val_acc": 0.6, "best_val_acc": 0.6})
+    for trial in (old, new):
+        trial.last_result, trial.checkpoint = {"epoch": 2, "best_val_acc": 0.5}, None
+        resumed.on_trial_complete(0, [], trial)
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("unit").experiment_id
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{resumed.parent_run_id}'")
+    by_trial = {run.data.tags["fsl.trial_id"]: run for run in children}
+    assert sorted(by_trial) == ["new", "old"] and len(children) == 2
+    assert by_trial["old"].info.run_id == first.child_run(old)
+    assert [m.step for m in client.get_metric_history(by_trial["old"].info.run_id, "val_acc")] == [1, 2]
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert len(client.get_metric_history(run.info.run_id, "final_best_val_acc")) == 1
+
+
 def test_run_names():
     assert child_run_name({"lr": 0.00032, "augment": "flip"}, ["lr", "augment"], "t") == "lr=3.20e-04 augment=flip"
     assert child_run_name({}, [], "trial_1") == "trial_1"

@@ -151,6 +151,8 @@ class MLflowStudyCallback(Callback):
         "_last_step",
         "_run_status",
         "_nodes",
+        "_all_children_known",
+        "_fresh",
         "_reconciled",
         "_queue",
         "_offline_since",
@@ -169,6 +171,11 @@ class MLflowStudyCallback(Callback):
         self._last_step: dict[str, int] = {}  # child run id -> last epoch logged
         self._run_status: dict[str, str] = {}  # child run id -> its MLflow status, as last seen or set
         self._nodes: dict[str, list[str]] = {}  # child run id -> the Ray nodes its trial ran on, as in its tag
+        # True once this process has listed the parent's children: a trial not among them has none, so a new
+        # trial's run is created without a search (whose cost grows with the runs in the store).
+        self._all_children_known = False
+        # Child runs this process created and wrote to without a failure: what they hold is what it wrote.
+        self._fresh: set[str] = set()
         self._reconciled = False
         self._queue: deque[Callable[[], None]] = deque()  # tracking actions not yet done
         self._offline_since: float | None = None
@@ -233,6 +240,8 @@ class MLflowStudyCallback(Callback):
         if run_id is not None and run_id in self._last_step:
             return run_id
         if run_id is None:
+            if self._all_children_known:
+                return None
             parent = self.ensure_parent()
             found = self.client.search_runs(
                 [self.experiment_id],
@@ -273,6 +282,7 @@ class MLflowStudyCallback(Callback):
         self._run_status[run_id] = "RUNNING"
         self._nodes[run_id] = []
         self._children[trial.trial_id] = run_id
+        self._fresh.add(run_id)
         self.counts["children"] += 1
         return run_id
 
@@ -310,7 +320,8 @@ class MLflowStudyCallback(Callback):
         epochs = int(trial.config.get("epochs", 0))
         stopped_early = bool(result) and int(result.get("epoch", 0)) < epochs
         now = int(time.time() * 1000)
-        logged = self.client.get_run(run_id).data.metrics  # an earlier attempt may have logged them
+        # An earlier process or attempt may have logged them.
+        logged = {} if run_id in self._fresh else self.client.get_run(run_id).data.metrics
         finals = [
             Metric(name, float(result[key]), now, int(result.get("epoch", 0)))
             for name, key in (
@@ -421,6 +432,8 @@ class MLflowStudyCallback(Callback):
         self._last_step.clear()
         self._run_status.clear()
         self._nodes.clear()
+        self._fresh.clear()
+        self._all_children_known = False  # an interrupted action may have created a run
         self._client = None
         if self._offline_since is None:
             self._offline_since = time.monotonic()
@@ -456,13 +469,17 @@ class MLflowStudyCallback(Callback):
         kept, closed as KILLED and tagged, so nothing logged is lost."""
         parent = self.ensure_parent()
         for run in self._runs_with_parent(parent):
-            if run.data.tags.get(TRIAL_TAG) in known_trials or run.info.status != "RUNNING":
+            trial_id = run.data.tags.get(TRIAL_TAG)
+            if trial_id in known_trials:
+                self._children.setdefault(trial_id, run.info.run_id)  # its state is read when it is needed
+            if trial_id in known_trials or run.info.status != "RUNNING":
                 continue
             if run.data.metrics:
                 self.client.set_tag(run.info.run_id, "fsl.orphaned", "true")
                 self.client.set_terminated(run.info.run_id, "KILLED")
             else:
                 self.client.delete_run(run.info.run_id)
+        self._all_children_known = True
 
     def _runs_with_parent(self, parent: str) -> list[Any]:
         runs, token = [], None
