@@ -55,7 +55,7 @@ def _memory(prefix: str) -> dict[str, float]:
     return {f"mem_{prefix}{key}_mb": getattr(info, key) / MB for key in ("uss", "pss", "rss")}
 
 
-def _measured(report: Any, data: dict[str, Any]) -> Any:
+def measuring(report: Any, data: dict[str, Any]) -> Any:
     """A report() that adds this process's memory (MiB) to every epoch's metrics, and the memory it had when
     it held its data, before training (every page of the data read first, so all of it is resident)."""
     for name in ("train", "val"):
@@ -72,7 +72,7 @@ def shared_entry(config, data, report, placement, resume_state, prepare_model) -
     """The project's trial, measuring itself."""
     from fsl.train.entries import run_protonet
 
-    run_protonet(config, data, _measured(report, data), placement, resume_state, prepare_model)
+    run_protonet(config, data, measuring(report, data), placement, resume_state, prepare_model)
 
 
 def own_copy_entry(config, data, report, placement, resume_state, prepare_model, root: str, image_size: int) -> None:  # noqa: ANN001
@@ -84,7 +84,7 @@ def own_copy_entry(config, data, report, placement, resume_state, prepare_model,
         "train": decoded_split(Path(root), "train", image_size),
         "val": decoded_split(Path(root), "val", image_size),
     }
-    run_protonet(config, own, _measured(report, own), placement, resume_state, prepare_model)
+    run_protonet(config, own, measuring(report, own), placement, resume_state, prepare_model)
 
 
 def trial_results(study_path: str) -> list[list[dict[str, Any]]]:

@@ -18,6 +18,11 @@
   study's start) to the start of the first trial's first epoch, against the same on the demo data, Ray already
   up: target within 2x (the untrained baseline embeds every val image, 9,600 against 960, the rest should
   not grow with the data).
+- The Office-Home settings study (setting A, ResNet50 at 128 px, one trial) on the Office stand-in against the
+  Office demo data made at 128 px (65 classes x 40 images): the same shared-memory, driver and trial-memory
+  figures and the time to the first epoch. Its budget is small: the trial holds (and reads) the whole data, then
+  trains and evaluates on OFFICE_BUDGET images of each split, since a full ResNet50 epoch on 12,000 images takes
+  tens of minutes on a CPU.
 
 quick=True runs the same steps on small stand-ins (a smoke test of this file).
 """
@@ -30,20 +35,26 @@ import resource
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench.b4_ray_overhead import ray_session, run_study_quietly, study_workspace
-from bench.b7_memory import shared_entry, trial_results
-from bench.common import Row, demo_data, make_row
+from bench.b7_memory import measuring, shared_entry, trial_results
+from bench.common import Row, bench_cache_dir, demo_data, make_row
+from fsl.data.decoded import DecodedSplit
+from fsl.data.demo import ensure_office_demo_dataset
 from fsl.distributed.train_trial import TrialResources
-from fsl.study.runner import StudySettings
+from fsl.study.runner import StudyPlan, StudySettings
 from fsl.train.config import ProtoNetConfig
 
 MB = 1024**2
 FIXED = ["lr=0.001", "augment=none", "head_depth=0", "distance=euclidean", "train_way=5"]
+OFFICE_BUDGET = 256  # images of each split the Office trial trains and evaluates on
 SHM = Path("/dev/shm")
 
 
@@ -148,18 +159,66 @@ def _shm_used() -> float:
     return shutil.disk_usage(SHM).used / MB if SHM.is_dir() else float("nan")
 
 
-def study_figures(root: Path, work: Path, name: str, sizes: Sizes) -> dict[str, float]:
-    """One 1-trial ProtoNet study (one epoch of 2 episodes) on `root`: the driver's RSS growth, the shared
-    memory it adds, the trial's USS holding its data, and the stages up to the first epoch."""
-    import psutil
+def warm_cache(root: Path, image_size: int, cache: Path) -> Path:
+    """Decode train and val into `cache` (if not there yet), so that a study's planning reads them from it."""
+    from fsl.data.decoded import decode_split
+    from fsl.data.sources import read_split
 
+    for split in ("train", "val"):
+        decode_split(read_split(root, split), image_size, cache)
+    return cache
+
+
+def protonet_plan(root: Path, sizes: Sizes, cache: Path) -> Callable[[StudySettings], StudyPlan]:
+    """The ProtoNet study (one epoch of 2 episodes) with the trial measuring itself, its data decoded in `cache`."""
     from fsl.study.protonet_study import plan_study
 
-    ray_session()
-    me = psutil.Process()
     base = ProtoNetConfig(
         epochs=1, episodes_per_epoch=2, eval_episodes=sizes.eval_episodes, image_size=sizes.image_size, n_query=15
     )
+    warm_cache(root, sizes.image_size, cache)
+    return lambda settings: dataclasses.replace(plan_study(root, base, FIXED, settings, cache), entry=shared_entry)
+
+
+def office_plan(root: Path, sizes: Sizes, cache: Path) -> Callable[[StudySettings], StudyPlan]:
+    """The Office-Home settings study, setting A alone (no backbone to pre-train), one epoch on a small budget."""
+    from fsl.study.office_study import plan_office_study
+    from fsl.train.config import ClassifierConfig
+
+    base = ClassifierConfig(epochs=1, image_size=sizes.office_size, arch="resnet18" if sizes.quick else "resnet50")
+    if sizes.quick:  # the quick stand-in has about 50 train images
+        base = dataclasses.replace(base, batch_size=16)
+    warm_cache(root, sizes.office_size, cache)
+    return lambda settings: dataclasses.replace(
+        plan_office_study(root, base, [], settings, chosen=("A",), cache_dir=cache), entry=office_budget_entry
+    )
+
+
+def budget(split: DecodedSplit, n: int) -> DecodedSplit:
+    """n images spread over the split (every class kept in view), as a small copy."""
+    rows = np.linspace(0, len(split) - 1, min(n, len(split))).astype(int)
+    return dataclasses.replace(
+        split, images=split.images[rows], labels=split.labels[rows], ids=tuple(split.ids[i] for i in rows)
+    )
+
+
+def office_budget_entry(config, data, report, placement, resume_state, prepare_model) -> None:  # noqa: ANN001
+    """The settings study's trial holding the whole data (and measuring itself with every page read), then
+    training and evaluating on OFFICE_BUDGET images of each split."""
+    from fsl.train.entries import run_classifier
+
+    measured = measuring(report, data)
+    small = {**data, "train": budget(data["train"], OFFICE_BUDGET), "val": budget(data["val"], OFFICE_BUDGET)}
+    run_classifier(config, small, measured, placement, resume_state, prepare_model)
+
+
+def study_figures(plan_for: Callable[[StudySettings], StudyPlan], work: Path, name: str) -> dict[str, float]:
+    """One 1-trial study: the driver's RSS growth, the shared memory it adds, the trial's USS holding its data,
+    and the stages up to the first epoch."""
+    import psutil
+
+    ray_session()
+    me = psutil.Process()
     settings = StudySettings(
         study_name=name, storage=str(work / "results"), tracking_uri=f"sqlite:///{work}/mlflow.db",
         experiment="bench-b9", num_samples=1, resources=TrialResources(1, 1.0),
@@ -167,9 +226,8 @@ def study_figures(root: Path, work: Path, name: str, sizes: Sizes) -> dict[str, 
     shm_before = _shm_used()
     with sampled(lambda: me.memory_info().rss / MB) as rss, sampled(_shm_used) as shm:
         started = time.time()
-        plan = plan_study(root, base, FIXED, settings)
+        plan = plan_for(settings)
         planned = time.time()
-        plan = dataclasses.replace(plan, entry=shared_entry)
         outcome = run_study_quietly(plan, work / "studies.log")
     (result,) = [trial for trial in trial_results(settings.study_path)]
     if outcome.best is None or len(result) != 1:
@@ -178,6 +236,7 @@ def study_figures(root: Path, work: Path, name: str, sizes: Sizes) -> dict[str, 
     raw = sum(plan.shared[split].images.nbytes for split in ("train", "val")) / MB
     return {
         "raw_mb": raw,
+        "images": sum(len(plan.shared[split]) for split in ("train", "val")),
         "val_images": len(plan.shared["val"]),
         "driver_peak_mb": max(rss) - rss[0],
         "driver_end_mb": rss[-1] - rss[0],
@@ -206,8 +265,14 @@ def measure_in(work: Path, sizes: Sizes) -> list[Row]:
         demo = demo_data(sizes.image_size, n_train_classes=8, n_val_classes=5, images_per_class=20)
     else:
         demo = demo_data(84)
-    full = study_figures(mini, work, "full", sizes)
-    small = study_figures(demo, work, "demo", sizes)
+    # Every study plans from a decoded cache already made (the decode rows time the cold decode).
+    full = study_figures(protonet_plan(mini, sizes, work / "cache-mini"), work, "full")
+    small = study_figures(protonet_plan(demo, sizes, work / "cache-demo"), work, "demo")
+    office_demo = ensure_office_demo_dataset(image_size=sizes.office_size, cache_dir=bench_cache_dir(), **(
+        {"n_classes": 4, "train_per_class": 10, "val_per_class": 5} if sizes.quick else {}
+    ))  # fmt: skip
+    office_full = study_figures(office_plan(office, sizes, work / "cache-office"), work, "office-full")
+    office_small = study_figures(office_plan(office_demo, sizes, work / "cache-office-demo"), work, "office-demo")
 
     rows = []
     for kind, what in (("mini", "Mini-ImageNet"), ("office", "Office-Home")):
@@ -272,7 +337,50 @@ def measure_in(work: Path, sizes: Sizes) -> list[Row]:
             higher_is_better=False,
         )
     )
+    rows.extend(office_rows(office_full, office_small, sizes))
     return rows
+
+
+def office_rows(full: dict[str, float], small: dict[str, float], sizes: Sizes) -> list[Row]:
+    """The Office-Home settings study's rows: memory against the raw size, the trial's memory and the time to its
+    first epoch against the Office demo data at the same image size."""
+    shm = make_row(
+        "b9 shared memory the Office-Home settings study adds for the full-size Office data vs its raw uint8 size",
+        full["shm_mb"],
+        full["raw_mb"],
+        "MiB",
+        1 / 1.2,
+        f"/dev/shm grew by {full['shm_mb']:.0f} MiB for {full['raw_mb']:.0f} MiB of train + val pixels "
+        f"({full['images']:,.0f} images at {sizes.office_size} px); the driver's RSS grew by "
+        f"{full['driver_end_mb']:.0f} MiB ({full['driver_end_mb'] / full['raw_mb']:.2f}x the raw size) to the "
+        f"study's end, {full['driver_peak_mb']:.0f} MiB ({full['driver_peak_mb'] / full['raw_mb']:.2f}x) at its peak",
+        higher_is_better=False,
+    )
+    shm.target = ">= 0.83x (at most 1.2x the raw size)"
+    uss = make_row(
+        f"b9 an Office-Home settings trial's private memory holding its data: the stand-in ({full['raw_mb']:.0f} "
+        f"MiB) vs the Office demo at {sizes.office_size} px ({small['raw_mb']:.0f} MiB)",
+        full["trial_uss_mb"],
+        small["trial_uss_mb"],
+        "MiB USS",
+        0.9,
+        "psutil USS of the setting-A trial's process with every byte of its data read, before training",
+        higher_is_better=False,
+    )
+    first = make_row(
+        "b9 time from planning to the start of the first Office-Home settings trial's first epoch: the stand-in vs "
+        "the Office demo",
+        full["first_epoch_s"],
+        small["first_epoch_s"],
+        "s",
+        0.5,
+        f"planning (decoded cache read, checks) took {full['plan_s']:.1f} s against {small['plan_s']:.1f} s; the "
+        f"first epoch ({OFFICE_BUDGET} train and {OFFICE_BUDGET} val images, "
+        f"{'ResNet18' if sizes.quick else 'ResNet50'}) took {full['epoch_s']:.1f} s and {small['epoch_s']:.1f} s; "
+        "Ray already up",
+        higher_is_better=False,
+    )
+    return [shm, uss, first]
 
 
 def run(quick: bool) -> list[Row]:

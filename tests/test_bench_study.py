@@ -81,3 +81,17 @@ def test_b9_sampled_keeps_the_first_and_last_reading() -> None:
     with sampled(lambda: next(values), every_s=0.001) as samples:
         pass
     assert samples == list(range(len(samples))) and len(samples) >= 2  # none lost, the last after the block
+
+
+def test_b9_budget_takes_images_spread_over_the_split() -> None:
+    import numpy as np
+
+    from bench.b9_full_size import budget
+    from fsl.data.decoded import DecodedSplit
+
+    images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1) * np.ones((1, 2, 2, 3), dtype=np.uint8)
+    split = DecodedSplit("train", images, np.arange(10) // 5, ("a", "b"), tuple(f"id{i}" for i in range(10)))
+    small = budget(split, 4)
+    assert small.ids == ("id0", "id3", "id6", "id9") and small.labels.tolist() == [0, 0, 1, 1]
+    assert small.images[:, 0, 0, 0].tolist() == [0, 3, 6, 9] and small.class_names == ("a", "b")
+    assert len(budget(split, 50)) == 10
