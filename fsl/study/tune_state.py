@@ -4,7 +4,7 @@ a second of work on a small study while the saving stays a small share of the dr
 Each save of Tune's experiment state writes every trial's state (about 24 KB per trial) and copies every trial's
 driver-side files from Ray's session folder to the study's storage; both grow with the number of trials, so
 saving at a fixed rate costs the driver time that grows with the square of the study's length (bench b10: 500
-one-epoch trials took 2.2x bare Tune's time, 2,000 took 12.7x). Three choices keep it in proportion:
+one-epoch trials took 4.5x bare Tune's time, 2,000 took 12.7x). Three choices keep it in proportion:
 
 - the period grows with the planned number of trials (`snapshot_period_s`), as Tune's own "auto" period grows
   with the save's cost, but from one second instead of ten;
