@@ -19,7 +19,7 @@
   up: target within 2x (the untrained baseline embeds every val image, 9,600 against 960, the rest should
   not grow with the data).
 - The Office-Home settings study (setting A, ResNet50 at 128 px, one trial) on the Office stand-in against the
-  Office demo data made at 128 px (65 classes x 40 images): the same shared-memory, driver and trial-memory
+  Office demo data made at 128 px (40 classes x 40 images): the same shared-memory, driver and trial-memory
   figures and the time to the first epoch. Its budget is small: the trial holds (and reads) the whole data, then
   trains and evaluates on OFFICE_BUDGET images of each split, since a full ResNet50 epoch on 12,000 images takes
   tens of minutes on a CPU.
