@@ -37,6 +37,7 @@ def test_byol_study_runs_two_worker_ddp_and_logs_the_probe(local_ray, tiny_hw4_m
     for r in results:
         assert r["world_size"] == 2 and r["ranks_reporting"] == 2
         assert r["local_steps"] == 3  # each rank ran every step on its half of the global batch
+        assert r["steps_all_ranks"] == 6  # both ranks' steps, summed
         assert r["probe_acc_rank_spread"] == 0.0  # the probe gathers every rank's features
         assert 0 < r["z_std"] < 1 and r["byol_loss"] > 0 and 0 < r["probe_acc"] <= 1
 
@@ -150,3 +151,4 @@ def test_given_checkpoints_skip_pre_training_and_settings_train_with_two_worker_
             assert r["world_size"] == 2 and r["ranks_reporting"] == 2
             assert r["val_acc_rank_spread"] == 0.0  # every rank scored the same val split
             assert r["local_steps"] == 3  # 36 images in global batches of 12, each rank half of every batch
+            assert r["steps_all_ranks"] == 6

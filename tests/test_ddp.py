@@ -69,7 +69,7 @@ def test_an_epoch_that_does_not_divide_by_the_workers_gives_every_rank_the_same_
     would leave one rank's gradient all-reduce without a partner."""
     for trial_dir in (ddp_study / "results" / "ddp-study").glob("trial-*"):
         for r in _results(trial_dir):
-            assert r["local_episodes"] == 2 and r["episodes_all_ranks"] == 4, r
+            assert r["local_steps"] == 2 and r["steps_all_ranks"] == 4, r
 
 
 def test_ddp_trials_stopped_by_tune_release_their_workers(ddp_study: Path):

@@ -107,5 +107,5 @@ def test_ddp_workers_of_one_trial_run_on_two_nodes_fed_by_the_object_store_only(
         assert r["ranks_reporting"] == 2 and r["nodes_spanned"] == 2
         nodes = r["worker_nodes"].split(",")
         assert nodes[0] != nodes[1] and set(nodes) <= {cluster["head"], *cluster["workers"]}
-        assert r["episodes_all_ranks"] == 4 and r["val_acc_rank_spread"] == 0.0
+        assert r["steps_all_ranks"] == 4 and r["val_acc_rank_spread"] == 0.0
     assert not data.exists() and not cache.exists()

@@ -160,7 +160,8 @@ def _rank_checking_callback(metric: str) -> Any:
         def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
             merged = dict(metrics[0])
             merged["ranks_reporting"] = len(metrics)
-            merged["episodes_all_ranks"] = sum(m.get("local_episodes", 0) for m in metrics)
+            # Every loop reports its rank's own steps (episodes, batches) as local_steps.
+            merged["steps_all_ranks"] = sum(m.get("local_steps", 0) for m in metrics)
             scores = [m[metric] for m in metrics if metric in m]
             merged[f"{metric}_rank_spread"] = max(scores) - min(scores) if scores else 0.0
             # Where the ranks ran: a multi-node cluster spreads a trial's workers over its machines.

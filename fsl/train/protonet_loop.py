@@ -135,7 +135,7 @@ def train_protonet(
             "best_epoch": best["epoch"],
             "current_lr": optimizer.param_groups[0]["lr"],  # after this epoch's schedule step
             # This rank's own share, before the all-reduce: shows that every rank trained.
-            "local_episodes": n_steps,
+            "local_steps": n_steps,  # episodes
             "local_train_loss": local_loss,
             "epoch_time_s": time.perf_counter() - started,
         }
