@@ -76,9 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="Mini-ImageNet (HW4 layout) for pre-training missing backbones (default: the demo data)",
     )
     data.add_argument(
-        "--image-size", type=int, default=None, help="images are resized to S x S (default 32 on the demo, 128 else)"
+        "--image-size",
+        type=int,
+        default=None,
+        help=f"images are resized to S x S (default {DEMO['image_size']} on the demo, {FULL['image_size']} else)",
     )
-    data.add_argument("--arch", choices=ARCHITECTURES, default=None, help="backbone (default resnet18 demo/resnet50)")
+    data.add_argument(
+        "--arch", choices=ARCHITECTURES, default=None, help=f"backbone (default {DEMO['arch']} demo/{FULL['arch']})"
+    )
     data.add_argument(
         "--supervised-checkpoint", default=None, help="backbone for B and D: a file or runs:/<run_id>/<path>"
     )
@@ -87,9 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument("--settings", default="A,B,C,D,E", help="which settings to run (default A,B,C,D,E)")
     search = add_search_args(parser, 1, "trials per setting: 1 trains at the default lr, more search lr (default 1)")
-    search.add_argument("--epochs", type=int, default=None, help="epochs per setting (default 12 on the demo, 30 else)")
     search.add_argument(
-        "--pretrain-epochs", type=int, default=None, help="epochs of each pre-training run (default 8 demo / 100)"
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"epochs per setting (default {DEMO['epochs']} on the demo, {FULL['epochs']} else)",
+    )
+    search.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=None,
+        help=f"epochs of each pre-training run (default {DEMO['pretrain_epochs']} demo / {FULL['pretrain_epochs']})",
     )
     search.add_argument("--byol-param", action="append", default=[], metavar="NAME=VALUE", help="BYOL pre-training")
     search.add_argument(

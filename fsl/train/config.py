@@ -127,8 +127,9 @@ class ProtoNetConfig(TrainConfig):
     lr_gamma: float = 0.5
     # bf16: autocast of the training forward pass (weights and optimizer stay float32); channels_last: NHWC
     # weights and batches (the same float32 arithmetic in another memory layout). channels_last is on by
-    # default: the Conv4 training step runs at 43% of the machine's fp32 matmul FLOP/s with it against 30%
-    # without (bench/b3, oneDNN on a 2-core CPU), 1.4x the episodes per second (bench/b1).
+    # default: the Conv4 training step runs at 80% of the machine's fp32 matmul FLOP/s with it against 52%
+    # without (bench/b3, oneDNN on a 2-core CPU), 1.2x to 1.4x the episodes per second over three b1 runs
+    # (README, Performance).
     precision: str = "fp32"
     channels_last: bool = True
     # The run's shape.
