@@ -472,7 +472,8 @@ class MLflowStudyCallback(Callback):
             trial_id = run.data.tags.get(TRIAL_TAG)
             if trial_id in known_trials:
                 self._children.setdefault(trial_id, run.info.run_id)  # its state is read when it is needed
-            if trial_id in known_trials or run.info.status != "RUNNING":
+                continue
+            if run.info.status != "RUNNING":
                 continue
             if run.data.metrics:
                 self.client.set_tag(run.info.run_id, "fsl.orphaned", "true")
