@@ -5,7 +5,7 @@ Both sides train a Conv4 (64-64-64-64, the project's `fsl.models.conv4.Conv4`) w
 threads and no DataLoader worker processes (the training process does all the work on both sides), and the
 same kind of augmentation (random resized crop, horizontal flip, colour jitter 0.4/0.4/0.4):
 
-- ours: `fsl.train.protonet_loop.train_protonet`, the function a study's trial runs, for one epoch of K
+- ours: `fsl.train.protonet_method.train_protonet`, the function a study's trial runs, for one epoch of K
   episodes: episodes drawn by `EpisodeSampler` from the split decoded once to uint8 arrays
   (`fsl.data.decoded`), augmented per image as tensors (`augment="flip+crop+color"`). The timed call includes
   what the loop does around the episodes once per epoch (model construction, its evaluation, here of one
@@ -60,7 +60,7 @@ from fsl.data.episodes import FixedEpisodes
 from fsl.models.conv4 import Conv4
 from fsl.train.config import ProtoNetConfig
 from fsl.train.parallel import Placement
-from fsl.train.protonet_loop import train_protonet
+from fsl.train.protonet_method import train_protonet
 
 N_WAY, K_SHOT, N_QUERY = 5, 1, 15
 AUGMENT = "flip+crop+color"

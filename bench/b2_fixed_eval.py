@@ -40,7 +40,7 @@ from bench.common import (
 from fsl.methods.protonet import ProtoNet
 from fsl.train.config import ProtoNetConfig
 from fsl.train.evaluate import evaluate_episodes
-from fsl.train.protonet_loop import build_model
+from fsl.train.protonet_method import build_model
 
 
 def filename_to_pil_image(path: str) -> Image.Image:

@@ -1,7 +1,7 @@
 """b3: compute efficiency of the ProtoNet Conv4 training step: achieved FLOP/s over the FLOP/s of a large fp32
 matmul measured by torch on the same machine, with the same threads, in the same run.
 
-The step is the one `fsl.train.protonet_loop` takes per episode: the project's ProtoNet (Conv4 64-64-64-64 at
+The step is the one `fsl.train.protonet_method` takes per episode: the project's ProtoNet (Conv4 64-64-64-64 at
 84 px, no head, squared Euclidean distance with a learned temperature) on a 5-way 1-shot 15-query episode
 (80 images) already in memory as a normalised float batch, `protonet_loss`, zero_grad, backward, Adam step.
 The data path is left out on purpose (b1 measures it): this is the arithmetic.
@@ -38,7 +38,7 @@ from bench.common import Row, make_row, median
 from fsl.methods.protonet import ProtoNet, protonet_loss
 from fsl.models.conv4 import Conv4
 from fsl.train.config import ProtoNetConfig
-from fsl.train.protonet_loop import build_model
+from fsl.train.protonet_method import build_model
 
 N_WAY, K_SHOT, N_QUERY = 5, 1, 15
 TARGET = 0.35

@@ -13,7 +13,7 @@ no augmentation, Euclidean distance, 1 torch thread.
   the study ends with its results table and plot. Timed: the `run_study` call (Ray is started once, before;
   its start time is in the note, as it is paid once per study, not per trial). Planning (loading the decoded
   data, the untrained baseline) is done once and not timed: the in-process side needs the same data.
-- baseline: `fsl.train.protonet_loop.train_protonet` (what `run_protonet` calls in a trial) called directly
+- baseline: `fsl.train.protonet_method.train_protonet` (what `run_protonet` calls in a trial) called directly
   with the same configuration and data, `report` discarding the metrics (no checkpoint, no tracking).
 
 The fixed overhead is the difference of the medians. It is split, from the trial's own result file, into the
@@ -144,7 +144,7 @@ def measure_in(work: Path, quick: bool) -> list[Row]:
 
     from fsl.study.protonet_study import plan_study
     from fsl.train.parallel import Placement
-    from fsl.train.protonet_loop import train_protonet
+    from fsl.train.protonet_method import train_protonet
 
     sizes = Sizes(quick)
     threads = bench_threads()

@@ -8,7 +8,7 @@ Batches are drawn the same way on both sides: rows of the demo training split de
 (`fsl.data.decoded`), converted to float per batch. The training process does all the work (no DataLoader
 workers) on both sides.
 
-- ours: `fsl.train.byol_loop.train_byol`, the function a BYOL study's trial runs, with its own augmentation
+- ours: `fsl.train.byol_method.train_byol`, the function a BYOL study's trial runs, with its own augmentation
   (`fsl.data.byol_augment`: the paper's asymmetric views, every parameter drawn per image, batched). Each call
   trains 2 epochs of S steps; the rate is the second epoch's (S x batch images over the time between the two
   epochs' reports), so model construction and the first steps are not timed. The timed epoch includes what the
@@ -61,7 +61,7 @@ from bench.common import (
 )
 from fsl.data.augment import to_unit_float
 from fsl.data.decoded import DecodedSplit
-from fsl.train.byol_loop import train_byol
+from fsl.train.byol_method import train_byol
 from fsl.train.config import BYOLConfig
 from fsl.train.parallel import Placement
 

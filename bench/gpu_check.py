@@ -36,10 +36,10 @@ from bench.common import synchronize  # noqa: E402
 from fsl.data.decoded import DecodedSplit  # noqa: E402
 from fsl.data.demo import COMBOS, class_label, render_class  # noqa: E402
 from fsl.data.episodes import draw_fixed_episodes  # noqa: E402
-from fsl.train.byol_loop import train_byol  # noqa: E402
+from fsl.train.byol_method import train_byol  # noqa: E402
 from fsl.train.config import BYOLConfig, ProtoNetConfig  # noqa: E402
 from fsl.train.parallel import Placement  # noqa: E402
-from fsl.train.protonet_loop import train_protonet  # noqa: E402
+from fsl.train.protonet_method import train_protonet  # noqa: E402
 from fsl.train.run_state import TrainingDiverged  # noqa: E402
 
 # (precision, channels_last) of the rows run for each loop.

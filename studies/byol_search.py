@@ -19,8 +19,8 @@ from pathlib import Path
 
 from fsl.data.demo import ensure_demo_dataset
 from fsl.models.resnet import ARCHITECTURES
-from fsl.study.byol_study import describe_data, plan_byol_study
 from fsl.study.cli import add_compute_args, add_output_args, add_search_args, fail, print_outcome, study_settings
+from fsl.study.pretraining_study import describe_data, plan_byol_study
 from fsl.study.runner import run_study
 from fsl.study.space import byol_space
 from fsl.study.waiting import StudyWaitedTooLong

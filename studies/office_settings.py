@@ -7,11 +7,13 @@
     D  supervised pre-training    frozen backbone, classifier only
     E  BYOL pre-training          frozen backbone, classifier only
 
+Every other registered self-supervised method adds its pair: C-simclr and E-simclr (SimCLR instead of BYOL).
 Every setting gets the same budget (--num-samples trials each: one fixed run, or a random search over lr),
 runs on Ray Train (--workers-per-trial > 1 is DDP), and is one MLflow child run tagged fsl.setting under one
-parent that holds the settings table and its bar chart. Backbones come from --supervised-checkpoint and
---ssl-checkpoint (a file, e.g. the course's supervised ResNet50, or an MLflow runs:/ URI); a missing one is
-pre-trained first on --pretrain-data (BYOL without labels, supervised with them) as its own MLflow study.
+parent that holds the settings table and its bar chart. Backbones come from --supervised-checkpoint,
+--byol-checkpoint (also --ssl-checkpoint), --simclr-checkpoint (a file, e.g. the course's supervised ResNet50,
+or an MLflow runs:/ URI); a missing one is pre-trained first on --pretrain-data (the self-supervised methods
+without labels, supervised with them) as its own MLflow study.
 
 With no arguments it runs on the generated demo data (an Office-Home-like set and the Mini-ImageNet-like set
 for pre-training, ResNet18 at 32 px); --data takes Office-Home in the HW4 layout (ROOT/{train,val}.csv).
@@ -30,9 +32,16 @@ import torch
 
 from fsl.data.demo import ensure_demo_dataset, ensure_office_demo_dataset
 from fsl.models.resnet import ARCHITECTURES
-from fsl.study.byol_study import plan_byol_study, plan_supervised_pretraining
 from fsl.study.cli import add_compute_args, add_output_args, add_search_args, fail, print_outcome, study_settings
-from fsl.study.office_study import SETTINGS, backbones_needed, parse_settings, plan_office_study, with_backbones
+from fsl.study.office_study import (
+    DEFAULT_SETTINGS,
+    SETTINGS,
+    backbones_needed,
+    parse_settings,
+    plan_office_study,
+    with_backbones,
+)
+from fsl.study.pretraining_study import plan_self_supervised_study, plan_supervised_pretraining
 from fsl.study.runner import (
     DRIVER_CPU,
     StudyPlan,
@@ -45,14 +54,24 @@ from fsl.study.runner import (
 from fsl.study.waiting import StudyWaitedTooLong
 from fsl.tracking.settings_table import SETTINGS_MD
 from fsl.tracking.uri import resolve_checkpoint
-from fsl.train.checkpoint import load_backbone_weights
-from fsl.train.config import BYOLConfig, ClassifierConfig
+from fsl.train.backbones import load_backbone_weights
+from fsl.train.config import ClassifierConfig
+from fsl.train.method import SELF_SUPERVISED
+from fsl.train.registry import pretraining_methods
 
 STUDY_PREFIX = "office"
 PRETRAINING_SUFFIX = "-pretraining"
 # The demo's pre-training is sized for a 2-core laptop (BYOL: 300 steps of 128 images, about 3 minutes).
-DEMO = {"image_size": 32, "arch": "resnet18", "epochs": 12, "pretrain_epochs": 10, "byol_steps": 30, "byol_batch": 128}
-FULL = {"image_size": 128, "arch": "resnet50", "epochs": 30, "pretrain_epochs": 100, "byol_steps": 0, "byol_batch": 64}
+DEMO = {"image_size": 32, "arch": "resnet18", "epochs": 12, "pretrain_epochs": 10, "ssl_steps": 30, "ssl_batch": 128}
+FULL = {"image_size": 128, "arch": "resnet50", "epochs": 30, "pretrain_epochs": 100, "ssl_steps": 0, "ssl_batch": 64}
+PRETRAINING = pretraining_methods()  # supervised, then the self-supervised methods: each has its own flags
+
+
+SSL_FLAG = "--ssl-checkpoint"
+
+
+def checkpoint_flag(method: str) -> str:
+    return f"--{method}-checkpoint"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--param sets a classifier field for every setting: lr, head_depth (hidden layers of the head; the "
             "seed: 1),\nhead_width (512), batch_size, augment (full fine-tuning, default flip+crop), "
             "frozen_augment (default none:\nfeatures are then extracted once), optimizer, weight_decay, schedule. "
-            "--byol-param and --supervised-param set\nthe pre-training runs' fields (see byol_search.py --help)."
+            "--supervised-param, --byol-param, ...\nset the pre-training runs' fields (see byol_search.py --help)."
         ),
     )
     data = parser.add_argument_group("data, model and checkpoints")
@@ -84,13 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--arch", choices=ARCHITECTURES, default=None, help=f"backbone (default {DEMO['arch']} demo/{FULL['arch']})"
     )
+    for name, method in PRETRAINING.items():
+        used_by = ", ".join(s for s, (pretraining, _) in SETTINGS.items() if pretraining == name)
+        data.add_argument(
+            checkpoint_flag(name),
+            default=None,
+            help=f"{method.label} backbone for {used_by}: a file or runs:/<run_id>/<path>",
+        )
+    # The seed study's name for the backbone of C and E.
+    data.add_argument(SSL_FLAG, default=None, help=f"the same as {checkpoint_flag(SETTINGS['C'][0])}")
     data.add_argument(
-        "--supervised-checkpoint", default=None, help="backbone for B and D: a file or runs:/<run_id>/<path>"
+        "--settings",
+        default=",".join(DEFAULT_SETTINGS),
+        help=f"which settings to run, of {', '.join(SETTINGS)} (default {','.join(DEFAULT_SETTINGS)})",
     )
-    data.add_argument(
-        "--ssl-checkpoint", default=None, help="BYOL backbone for C and E: a file or runs:/<run_id>/<path>"
-    )
-    data.add_argument("--settings", default="A,B,C,D,E", help="which settings to run (default A,B,C,D,E)")
     search = add_search_args(parser, 1, "trials per setting: 1 trains at the default lr, more search lr (default 1)")
     search.add_argument(
         "--epochs",
@@ -104,10 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"epochs of each pre-training run (default {DEMO['pretrain_epochs']} demo / {FULL['pretrain_epochs']})",
     )
-    search.add_argument("--byol-param", action="append", default=[], metavar="NAME=VALUE", help="BYOL pre-training")
-    search.add_argument(
-        "--supervised-param", action="append", default=[], metavar="NAME=VALUE", help="supervised pre-training"
-    )
+    for name, method in PRETRAINING.items():
+        search.add_argument(
+            f"--{name}-param", action="append", default=[], metavar="NAME=VALUE", help=f"{method.label} pre-training"
+        )
     compute = add_compute_args(parser)
     compute.add_argument(
         "--pretrain-cpus-per-worker",
@@ -177,11 +203,14 @@ def main(argv: list[str] | None = None) -> int:
         base = ClassifierConfig(
             arch=arch, epochs=args.epochs or defaults["epochs"], image_size=image_size, seed=args.seed
         )
-        checkpoints = {"supervised": args.supervised_checkpoint, "byol": args.ssl_checkpoint}
+        checkpoints = {name: getattr(args, f"{name}_checkpoint") for name in PRETRAINING}
+        flags = {name: checkpoint_flag(name) for name in PRETRAINING}
+        if args.ssl_checkpoint and not checkpoints[SETTINGS["C"][0]]:
+            checkpoints[SETTINGS["C"][0]], flags[SETTINGS["C"][0]] = args.ssl_checkpoint, SSL_FLAG
         backbones, sources = {}, {}
         for method in sorted(backbones_needed(chosen)):
             if checkpoints[method]:
-                flag = "--supervised-checkpoint" if method == "supervised" else "--ssl-checkpoint"
+                flag = flags[method]
                 path = resolve_checkpoint(checkpoints[method], settings.tracking_uri, flag)
                 try:
                     backbones[method] = load_backbone_weights(path, arch)
@@ -227,9 +256,7 @@ def plan_pretraining(
         return {}
     root = args.pretrain_data or (ensure_demo_dataset(seed=0, image_size=image_size) if demo else None)
     if root is None:
-        flags = " and ".join(
-            f for m, f in (("supervised", "--supervised-checkpoint"), ("byol", "--ssl-checkpoint")) if m in missing
-        )
+        flags = " and ".join(checkpoint_flag(m) for m in PRETRAINING if m in missing)
         raise ValueError(f"--pretrain-data is needed to pre-train the backbones not given by {flags}")
     cpus = args.pretrain_cpus_per_worker or settings.resources.cpus_per_worker
     if args.pretrain_cpus_per_worker is None and not settings.address:
@@ -239,31 +266,29 @@ def plan_pretraining(
         cpus = max(cpus, ((settings.num_cpus or os.cpu_count() or 1) - driver) / workers)
     epochs = args.pretrain_epochs or defaults["pretrain_epochs"]
     plans = {}
-    if "byol" in missing:
-        byol = BYOLConfig(
-            arch=arch,
-            epochs=epochs,
-            steps_per_epoch=defaults["byol_steps"],
-            batch_size=defaults["byol_batch"],
-            image_size=image_size,
-            keep="last",
-            seed=args.seed,
-        )
-        plans["byol"] = plan_byol_study(
-            root, byol, args.byol_param, pretraining_settings(settings, "byol", cpus), space={}
-        )
-    if "supervised" in missing:
-        supervised = ClassifierConfig(arch=arch, epochs=epochs, image_size=image_size, keep="last", seed=args.seed)
-        plans["supervised"] = plan_supervised_pretraining(
-            root, supervised, args.supervised_param, pretraining_settings(settings, "supervised", cpus)
-        )
+    for name in (m for m in PRETRAINING if m in missing):
+        params, where = getattr(args, f"{name}_param"), pretraining_settings(settings, name, cpus)
+        if PRETRAINING[name].pretrains == SELF_SUPERVISED:
+            ssl = PRETRAINING[name].config_class(
+                arch=arch,
+                epochs=epochs,
+                steps_per_epoch=defaults["ssl_steps"],
+                batch_size=defaults["ssl_batch"],
+                image_size=image_size,
+                keep="last",
+                seed=args.seed,
+            )
+            plans[name] = plan_self_supervised_study(name, root, ssl, params, where, space={})
+        else:
+            supervised = ClassifierConfig(arch=arch, epochs=epochs, image_size=image_size, keep="last", seed=args.seed)
+            plans[name] = plan_supervised_pretraining(root, supervised, params, where)
     return plans
 
 
 def run_pretraining(method: str, plan: StudyPlan, arch: str) -> tuple[dict[str, torch.Tensor], str]:
     """Run (or reuse, or resume) one pre-training study; its best backbone, read back from MLflow."""
     done = (plan.results_dir / "results.csv").is_file()
-    label = "BYOL" if method == "byol" else "supervised"
+    label = PRETRAINING[method].label
     if done:
         print(f"Reusing the finished {label} pre-training {plan.settings.study_name!r}")
         outcome = study_outcome(plan)
@@ -288,11 +313,11 @@ def print_settings_header(plan: StudyPlan) -> None:
     train, val = plan.shared["train"], plan.shared["val"]
     print(
         f"Data: {len(train)} train / {len(val)} val images, {len(train.class_names)} classes at "
-        f"{plan.base.image_size} px from {plan.data_root}"  # type: ignore[attr-defined]
+        f"{plan.base.image_size} px from {plan.data_root}"
     )
     print(
         f"Settings {', '.join(plan.grid['setting'])}: {plan.settings.num_samples} trial(s) each x "
-        f"{plan.base.epochs} epochs; "  # type: ignore[attr-defined]
+        f"{plan.base.epochs} epochs; "
         + ", ".join(f"{s} = {SETTINGS[s][0]} + {SETTINGS[s][1]}" for s in plan.grid["setting"])
     )
 

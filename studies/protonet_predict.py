@@ -21,8 +21,8 @@ from fsl.data.episodes import read_fixed_episodes, write_predictions_csv
 from fsl.data.sources import read_split
 from fsl.study.cli import fail
 from fsl.tracking.uri import resolve_checkpoint
-from fsl.train.checkpoint import load_best_model
 from fsl.train.evaluate import mean_ci95, predict_episodes
+from fsl.train.protonet_method import load_best_model
 
 
 def build_parser() -> argparse.ArgumentParser:

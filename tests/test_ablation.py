@@ -216,8 +216,8 @@ def test_table_accuracies_are_reproduced_from_the_logged_checkpoint_and_episodes
     from fsl.data.decoded import decode_split
     from fsl.data.sources import read_split
     from fsl.tracking.uri import resolve_checkpoint
-    from fsl.train.checkpoint import load_best_model
     from fsl.train.evaluate import evaluate_episodes
+    from fsl.train.protonet_method import load_best_model
 
     table = pd.read_csv(ablation["folder"] / "ablation.csv")
     row = table[table["cell"] == "cosine"].iloc[0]

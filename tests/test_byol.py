@@ -10,9 +10,10 @@ import torchvision
 
 from fsl.data.decoded import DecodedSplit
 from fsl.methods.byol import BYOL, byol_loss, cosine_tau, ema_, projection_std
-from fsl.train.byol_loop import train_byol
-from fsl.train.checkpoint import load_backbone_weights, load_checkpoint, save_checkpoint
-from fsl.train.classify_loop import train_classifier
+from fsl.train.backbones import load_backbone_weights
+from fsl.train.byol_method import train_byol
+from fsl.train.checkpoint import load_checkpoint, save_checkpoint
+from fsl.train.classifier_method import train_classifier
 from fsl.train.config import BYOLConfig, ClassifierConfig
 from fsl.train.probe import knn_accuracy, knn_predict
 

@@ -284,7 +284,7 @@ def test_gpus_on_a_cluster_without_gpus_fails_before_any_trial(tiny_hw4: Path, t
 
 def _protonet_state(**config_changes) -> dict:
     from fsl.train.config import ProtoNetConfig
-    from fsl.train.protonet_loop import build_model
+    from fsl.train.protonet_method import build_model
 
     return build_model(ProtoNetConfig(image_size=16, **config_changes)).state_dict()
 

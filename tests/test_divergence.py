@@ -16,11 +16,11 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from fsl.data.decoded import decode_split
 from fsl.data.sources import read_split
 from fsl.data.study_data import EpisodeShape, load_study_data
-from fsl.train.byol_loop import train_byol
-from fsl.train.classify_loop import train_classifier
+from fsl.train.byol_method import train_byol
+from fsl.train.classifier_method import train_classifier
 from fsl.train.config import BYOLConfig, ClassifierConfig, ProtoNetConfig
 from fsl.train.parallel import Placement
-from fsl.train.protonet_loop import train_protonet
+from fsl.train.protonet_method import train_protonet
 from fsl.train.run_state import DivergenceGuard, Report, TrainingDiverged
 
 CPU = Placement(torch.device("cpu"))

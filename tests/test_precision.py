@@ -13,13 +13,13 @@ from fsl.data.decoded import DecodedSplit
 from fsl.data.study_data import EpisodeShape, load_study_data
 from fsl.methods.byol import BYOL
 from fsl.study.space import apply_params, default_space
-from fsl.train.byol_loop import train_byol
-from fsl.train.checkpoint import load_best_model, load_checkpoint, save_checkpoint
-from fsl.train.classify_loop import train_classifier
+from fsl.train.byol_method import train_byol
+from fsl.train.checkpoint import load_checkpoint, save_checkpoint
+from fsl.train.classifier_method import train_classifier
 from fsl.train.config import BYOLConfig, ClassifierConfig, ProtoNetConfig
 from fsl.train.evaluate import evaluate_episodes
 from fsl.train.precision import autocast, float32_outputs, to_channels_last
-from fsl.train.protonet_loop import build_model, train_protonet
+from fsl.train.protonet_method import build_model, load_best_model, train_protonet
 
 FAST = {"precision": "bf16", "channels_last": True}
 

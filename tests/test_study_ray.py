@@ -92,7 +92,7 @@ def test_checkpoints_and_summary_are_artifacts(study):
     best_file = client.download_artifacts(
         table["mlflow_run_id"][0], "checkpoint/best_model.pt", str(study["tmp"] / "dl")
     )
-    from fsl.train.checkpoint import load_best_model
+    from fsl.train.protonet_method import load_best_model
 
     _, cfg, info = load_best_model(Path(best_file))
     assert info["val_acc"] == pytest.approx(table["best_val_acc"][0])

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from fsl.data.study_data import EpisodeShape, load_study_data
-from fsl.train.checkpoint import load_best_model, load_checkpoint, save_checkpoint
+from fsl.train.checkpoint import load_checkpoint, save_checkpoint
 from fsl.train.config import ProtoNetConfig
 from fsl.train.evaluate import evaluate_episodes, predict_episodes
-from fsl.train.protonet_loop import episodes_for_rank, train_protonet
+from fsl.train.protonet_method import episodes_for_rank, load_best_model, train_protonet
 from fsl.train.run_state import TrainingDiverged
 
 

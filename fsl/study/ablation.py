@@ -178,7 +178,7 @@ def best_per_cell(table: pd.DataFrame, cells: Cells, metric: str) -> dict[Any, t
 def evaluate_cells(plan: AblationPlan, outcome: StudyOutcome) -> list[CellResult]:
     """Each cell's best model (its MLflow checkpoint) on the shared report episodes."""
     from fsl.tracking.uri import resolve_checkpoint
-    from fsl.train.checkpoint import load_best_model
+    from fsl.train.protonet_method import load_best_model
 
     study = plan.study
     cells = study.cells

@@ -6,6 +6,9 @@
     D  supervised           frozen backbone, classifier only
     E  BYOL                 frozen backbone, classifier only
 
+C and E use the first registered self-supervised method (BYOL, as the course's study does); every other one
+adds its own pair, named after it: C-simclr and E-simclr for SimCLR (fsl.train.registry).
+
 Each setting runs `num_samples` trials (a fixed configuration for one, a random search over lr for more, the
 same for every setting so the comparison is fair), with no early stopping. The backbones come from
 checkpoints the user has, or from pre-training studies run first (see studies/office_settings.py).
@@ -23,24 +26,42 @@ from fsl.data.study_data import load_labelled_splits
 from fsl.study.runner import StudyPlan, StudySettings, check_settings
 from fsl.study.space import Dimension, apply_params
 from fsl.train.config import ClassifierConfig
-from fsl.train.entries import run_classifier
+from fsl.train.method import SUPERVISED
+from fsl.train.registry import MethodEntry, pretraining_methods, self_supervised_methods
 
-SETTINGS: dict[str, tuple[str, str]] = {
-    "A": ("none", "full"),
-    "B": ("supervised", "full"),
-    "C": ("byol", "full"),
-    "D": ("supervised", "frozen"),
-    "E": ("byol", "frozen"),
-}
+
+def all_settings() -> dict[str, tuple[str, str]]:
+    """Every setting's (pre-training, fine-tuning), from the registered pre-training methods."""
+    supervised = next(iter(pretraining_methods(SUPERVISED)))
+    first, *others = self_supervised_methods()
+    settings = {
+        "A": ("none", "full"),
+        "B": (supervised, "full"),
+        "C": (first, "full"),
+        "D": (supervised, "frozen"),
+        "E": (first, "frozen"),
+    }
+    for name in others:
+        settings.update({f"C-{name}": (name, "full"), f"E-{name}": (name, "frozen")})
+    return settings
+
+
+SETTINGS = all_settings()
+DEFAULT_SETTINGS = ("A", "B", "C", "D", "E")  # the course's study
 
 
 def parse_settings(text: str) -> tuple[str, ...]:
-    """'A,C,E' -> ('A', 'C', 'E'); an unknown letter is an error naming the flag."""
-    chosen = tuple(dict.fromkeys(part.strip().upper() for part in text.split(",") if part.strip()))
+    """'A,c,E-simclr' -> ('A', 'C', 'E-simclr'); 'C-byol' is C. An unknown setting is an error naming the flag."""
+    first = next(iter(self_supervised_methods()))
+    chosen = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        letter, _, method = part.partition("-")
+        chosen.append(letter.upper() + (f"-{method.lower()}" if method and method.lower() != first else ""))
+    chosen = list(dict.fromkeys(chosen))
     unknown = [s for s in chosen if s not in SETTINGS]
     if unknown or not chosen:
-        raise ValueError(f"--settings {text}: expected letters from {', '.join(SETTINGS)} separated by commas")
-    return chosen
+        raise ValueError(f"--settings {text}: expected some of {', '.join(SETTINGS)} separated by commas")
+    return tuple(chosen)
 
 
 def setting_pretraining(config: dict[str, Any]) -> str:
@@ -60,7 +81,7 @@ def plan_office_study(
     base: ClassifierConfig,
     params: list[str],
     settings: StudySettings,
-    chosen: tuple[str, ...] = tuple(SETTINGS),
+    chosen: tuple[str, ...] = DEFAULT_SETTINGS,
     backbones: dict[str, dict[str, torch.Tensor]] | None = None,
     backbone_sources: dict[str, str] | None = None,
     cache_dir: Path | None = None,
@@ -79,7 +100,7 @@ def plan_office_study(
         settings=settings,
         base=base,
         space=space,
-        entry=run_classifier,
+        entry=MethodEntry("supervised"),
         shared={"train": train, "val": val, "backbones": dict(backbones or {})},
         metric="val_acc",
         evaluation=f"top-1 on {len(val)} val images, {len(train.class_names)} classes",

@@ -8,10 +8,11 @@ from typing import Any
 from ray.tune import Callback
 
 from fsl.tracking.summary import error_line
+from fsl.train.registry import progress_keys
 from fsl.train.run_state import DIVERGED
 
-# The losses a loop may report, shown in this order.
-LOSSES = ("train_loss", "byol_loss", "z_std")
+# The training numbers the registered methods report, shown in this order.
+LOSSES = progress_keys()
 
 
 class ProgressPrinter(Callback):

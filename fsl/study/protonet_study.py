@@ -16,7 +16,7 @@ from fsl.study.space import Dimension, apply_params, default_space
 from fsl.train.config import ProtoNetConfig
 from fsl.train.entries import run_protonet
 from fsl.train.evaluate import evaluate_episodes
-from fsl.train.protonet_loop import build_model
+from fsl.train.protonet_method import build_model
 
 # The ProtoNet paper's recipe, evaluated first so every study measures the known-good baseline.
 PAPER_RECIPE = {"lr": 1e-3, "augment": "none", "head_depth": 0, "distance": "euclidean", "train_way": 30}
@@ -104,6 +104,6 @@ def describe_data(plan: StudyPlan) -> str:
     base = plan.base
     return (
         f"Data: {len(train)} train images / {len(train.class_names)} classes, {len(val)} val images / "
-        f"{len(val.class_names)} classes at {base.image_size} px; {len(episodes)} fixed "  # type: ignore[attr-defined]
+        f"{len(val.class_names)} classes at {base.image_size} px; {len(episodes)} fixed "
         f"{episodes.n_way}-way {episodes.k_shot}-shot episodes from {plan.study_params['episodes_file']}"  # type: ignore[attr-defined]
     )

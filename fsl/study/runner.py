@@ -402,8 +402,8 @@ def _scheduler(plan: StudyPlan) -> Any:
         time_attr="training_iteration",
         metric=plan.metric,
         mode="max",
-        max_t=plan.base.epochs,  # type: ignore[attr-defined]
-        grace_period=plan.settings.grace_period or max(1, plan.base.epochs // 4),  # type: ignore[attr-defined]
+        max_t=plan.base.epochs,
+        grace_period=plan.settings.grace_period or max(1, plan.base.epochs // 4),
         reduction_factor=plan.settings.reduction_factor,
     )
 
@@ -484,7 +484,7 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
                 storage_path=s.storage,
                 callbacks=[
                     build_callback(plan, ray.cluster_resources(), data_hash),
-                    ProgressPrinter(plan.shown, plan.base.epochs, plan.total_trials, plan.metric),  # type: ignore[attr-defined]
+                    ProgressPrinter(plan.shown, plan.base.epochs, plan.total_trials, plan.metric),
                     ReleaseTrainPlacementGroups(),
                     NoRetryAfterDivergence(),  # a diverged trial would diverge again
                     wait,

@@ -7,91 +7,23 @@ to Optuna distributions. `--param NAME=VALUE` fixes a dimension (or sets any oth
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from fsl.data.augment import POLICY_CHOICES
-from fsl.models.distances import DISTANCES
 from fsl.train.config import ProtoNetConfig, TrainConfig
+from fsl.train.dimension import Dimension
+from fsl.train.registry import method_named
 
 C = TypeVar("C", bound=TrainConfig)
 
 
-@dataclass(frozen=True)
-class Dimension:
-    """One searched parameter: a log-uniform or uniform float range, an integer range, or choices."""
-
-    name: str
-    kind: str  # "loguniform" | "uniform" | "int" | "choice"
-    low: float | None = None
-    high: float | None = None
-    choices: tuple[Any, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.kind == "choice":
-            if not self.choices:
-                raise ValueError(f"{self.name}: empty list of choices")
-        elif self.low is None or self.high is None or not self.low <= self.high:
-            raise ValueError(f"{self.name}: empty range {self.low}..{self.high}")
-        elif self.kind == "loguniform" and self.low <= 0:
-            raise ValueError(f"{self.name}: a log-uniform range needs low > 0, got {self.low}")
-
-    def values_to_check(self) -> list[Any]:
-        """Values that must be valid for the whole dimension to be (the ends of a range, every choice)."""
-        return list(self.choices) if self.kind == "choice" else [self.low, self.high]
-
-    def contains(self, value: Any) -> bool:
-        if self.kind == "choice":
-            return value in self.choices
-        return self.low <= value <= self.high  # type: ignore[operator]
-
-    def to_tune(self) -> Any:
-        from ray import tune
-
-        if self.kind == "loguniform":
-            return tune.loguniform(self.low, self.high)
-        if self.kind == "uniform":
-            return tune.uniform(self.low, self.high)
-        if self.kind == "int":
-            return tune.randint(int(self.low), int(self.high) + 1)  # randint's upper end is exclusive
-        return tune.choice(list(self.choices))
-
-    def to_optuna(self) -> Any:
-        import optuna
-
-        if self.kind == "choice":
-            return optuna.distributions.CategoricalDistribution(self.choices)
-        if self.kind == "int":
-            return optuna.distributions.IntDistribution(int(self.low), int(self.high))
-        return optuna.distributions.FloatDistribution(self.low, self.high, log=self.kind == "loguniform")
-
-    def describe(self) -> str:
-        if self.kind == "choice":
-            return "{" + ", ".join(str(c) for c in self.choices) + "}"
-        scale = " (log)" if self.kind == "loguniform" else ""
-        return f"[{self.low:g}, {self.high:g}]{scale}"
-
-
 def default_space(max_train_way: int = 30) -> dict[str, Dimension]:
     """lr, augment, head_depth, distance, train_way: the ProtoNet study's default search dimensions."""
-    return {
-        "lr": Dimension("lr", "loguniform", 1e-4, 3e-2),
-        "augment": Dimension("augment", "choice", choices=POLICY_CHOICES),
-        "head_depth": Dimension("head_depth", "int", 0, 3),
-        "distance": Dimension("distance", "choice", choices=DISTANCES),
-        "train_way": Dimension("train_way", "int", 5, max(5, min(30, max_train_way))),
-    }
+    return method_named("protonet").search_space(max_train_way)
 
 
 def byol_space() -> dict[str, Dimension]:
     """lr, augment_strength, head_depth, tau, batch_size: the BYOL study's default search dimensions."""
-    return {
-        "lr": Dimension("lr", "loguniform", 1e-4, 3e-3),
-        "augment_strength": Dimension("augment_strength", "uniform", 0.3, 1.2),
-        "head_depth": Dimension("head_depth", "int", 1, 2),
-        "tau": Dimension("tau", "uniform", 0.95, 0.999),
-        "batch_size": Dimension("batch_size", "choice", choices=(32, 64, 128)),
-    }
+    return method_named("byol").search_space(0)
 
 
 def parse_scalar(kind: str, name: str, text: str, flag: str) -> Any:

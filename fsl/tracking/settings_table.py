@@ -7,11 +7,31 @@ from pathlib import Path
 
 import pandas as pd
 
+from fsl.train.method import SUPERVISED
+from fsl.train.registry import pretraining_methods, self_supervised_methods
+
 SETTINGS_CSV, SETTINGS_MD, SETTINGS_PNG = "settings.csv", "settings.md", "settings.png"
 PRETRAINING_TEXT = {
     "none": "none (random init)",
-    "supervised": "supervised (pre-training data's labels)",
-    "byol": "BYOL (pre-training data, no labels)",
+    **{
+        name: f"{m.label} (pre-training data's labels)"
+        if m.pretrains == SUPERVISED
+        else f"{m.label} (pre-training data, no labels)"
+        for name, m in pretraining_methods().items()
+    },
+}
+SELF_SUPERVISED_COLOURS = [("orange", "#dd8452"), ("green", "#55a868"), ("purple", "#8172b3"), ("brown", "#937860")]
+# Bar colours: grey no pre-training, blue supervised, then one per self-supervised method.
+COLOURS = {
+    "none": ("grey", "#9e9e9e"),
+    **{name: ("blue", "#4c72b0") for name in pretraining_methods(SUPERVISED)},
+    **dict(
+        zip(
+            self_supervised_methods(),
+            [("orange", "#dd8452"), ("green", "#55a868"), ("purple", "#8172b3")],
+            strict=False,
+        )
+    ),
 }
 FINETUNE_TEXT = {"full": "full network", "frozen": "classifier only (backbone frozen)"}
 
@@ -61,9 +81,7 @@ def plot_settings(table: pd.DataFrame, path: Path, metric: str = "val_acc") -> P
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    colours = [
-        "#9e9e9e" if p == "none" else "#4c72b0" if p == "supervised" else "#dd8452" for p in table["pretraining"]
-    ]
+    colours = [COLOURS.get(p, ("red", "#c44e52"))[1] for p in table["pretraining"]]
     hatches = ["" if f == "full" else "//" for f in table["finetune"]]
     bars = ax.bar(table["setting"], table[metric], yerr=table[f"{metric}_ci95"], capsize=4, color=colours)
     for bar, hatch in zip(bars, hatches, strict=True):
@@ -72,7 +90,9 @@ def plot_settings(table: pd.DataFrame, path: Path, metric: str = "val_acc") -> P
         ax.annotate(f"{value:.3f}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom", fontsize=8)
     ax.set_ylabel(f"{metric} (± 95% CI)")
     ax.set_ylim(0, min(1.0, max(table[metric].max() * 1.25, 0.1)))
-    ax.set_title("Settings: grey none, blue supervised, orange BYOL; hatched = frozen backbone", fontsize=9)
+    shown = dict.fromkeys(table["pretraining"])
+    legend = ", ".join(f"{COLOURS[p][0]} {PRETRAINING_TEXT[p].split(' (')[0]}" for p in shown if p in COLOURS)
+    ax.set_title(f"Settings: {legend}; hatched = frozen backbone", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from torch import nn
 from fsl.data.augment import normalize, to_unit_float
 from fsl.data.episodes import FixedEpisodes
 from fsl.methods.protonet import ProtoNet, prototypes
+from fsl.train.parallel import unwrap
 
 
 @dataclass(frozen=True)
@@ -56,11 +58,6 @@ def ci95_from_sums(total: float, total_sq: float, count: float) -> tuple[float, 
     mean = total / count
     variance = max(total_sq / count - mean * mean, 0.0)
     return mean, 1.96 * math.sqrt(variance) / math.sqrt(count)
-
-
-def unwrap(model: nn.Module) -> ProtoNet:
-    """The ProtoNet inside a DistributedDataParallel wrapper (or the model itself)."""
-    return model.module if hasattr(model, "module") else model  # type: ignore[return-value]
 
 
 # A batch's first feature map (64 channels at full resolution, float32) is kept under this size: at 84 px a
@@ -116,11 +113,11 @@ def episode_logits(model: ProtoNet, images: torch.Tensor, episodes: FixedEpisode
 
 def evaluate_episodes(model: nn.Module, images: torch.Tensor, episodes: FixedEpisodes) -> EvalResult:
     """Per-episode accuracy against the episodes' query labels."""
-    logits = episode_logits(unwrap(model), images, episodes)
+    logits = episode_logits(cast(ProtoNet, unwrap(model)), images, episodes)
     labels = torch.as_tensor(episodes.query_labels, device=logits.device)
     return EvalResult((logits.argmax(-1) == labels).float().mean(-1).cpu().numpy())
 
 
 def predict_episodes(model: nn.Module, images: torch.Tensor, episodes: FixedEpisodes) -> np.ndarray:
     """Predicted way index per query, (E, N*Q)."""
-    return episode_logits(unwrap(model), images, episodes).argmax(-1).cpu().numpy()
+    return episode_logits(cast(ProtoNet, unwrap(model)), images, episodes).argmax(-1).cpu().numpy()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -68,3 +69,9 @@ def to_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
         warnings.simplefilter("ignore", UserWarning)  # "the given NumPy array is not writable"
         tensor = torch.from_numpy(images)
     return tensor.to(device)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, nn.Module) else model

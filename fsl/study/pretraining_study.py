@@ -1,8 +1,9 @@
-"""Planning a BYOL pre-training study (and the fixed supervised pre-training beside it): read and check the
-pre-training data, the search space and the untrained baseline, all before Ray starts.
+"""Planning a pre-training study: a self-supervised method's (BYOL, SimCLR: any registered one) search or fixed
+run, and the fixed supervised pre-training beside it. Reads and checks the pre-training data, the search space
+and the untrained baseline, all before Ray starts.
 
-The training split is used without its labels; the val split, with its labels, scores each epoch through
-the k-NN probe (leave-one-out on the frozen online backbone's features)."""
+A self-supervised method uses the training split without its labels; the val split, with its labels, scores
+each epoch through the k-NN probe (leave-one-out on the frozen backbone's features)."""
 
 from __future__ import annotations
 
@@ -15,15 +16,12 @@ from fsl.data.decoded import DecodedSplit
 from fsl.data.study_data import load_labelled_splits
 from fsl.models.resnet import build_backbone
 from fsl.study.runner import StudyPlan, StudySettings, check_settings
-from fsl.study.space import Dimension, apply_params, byol_space
-from fsl.train.config import BYOLConfig, ClassifierConfig
-from fsl.train.entries import Entry, run_byol, run_classifier
+from fsl.study.space import Dimension, apply_params
+from fsl.train.config import BYOLConfig, ClassifierConfig, SelfSupervisedConfig
+from fsl.train.entries import Entry
 from fsl.train.parallel import Placement, to_device
 from fsl.train.probe import extract_features, knn_accuracy
-
-# The small-batch recipe known to work without LARS (Adam 3e-4, lucidrains/byol-pytorch#44) with the
-# paper's augmentation, heads and 100-epoch tau; evaluated first.
-RECIPE = {"lr": 3e-4, "augment_strength": 1.0, "head_depth": 1, "tau": 0.99, "batch_size": 64}
+from fsl.train.registry import MethodEntry, method_named
 
 
 def untrained_probe(arch: str, probe: DecodedSplit, k: int, seed: int) -> tuple[float, float]:
@@ -60,28 +58,43 @@ def plan_byol_study(
     space: dict[str, Dimension] | None = None,
     cache_dir: Path | None = None,
 ) -> StudyPlan:
+    """A BYOL study (studies/byol_search.py): plan_self_supervised_study for BYOL."""
+    return plan_self_supervised_study("byol", data_root, base, params, settings, space, cache_dir)
+
+
+def plan_self_supervised_study(
+    name: str,
+    data_root: Path,
+    base: SelfSupervisedConfig,
+    params: list[str],
+    settings: StudySettings,
+    space: dict[str, Dimension] | None = None,
+    cache_dir: Path | None = None,
+) -> StudyPlan:
     """Validate everything and load the data; raises ValueError / FileNotFoundError with a one-line message.
-    `space` defaults to byol_space(); {} makes one fixed run (the settings study's pre-training)."""
+    `space` defaults to the method's search space; {} makes one fixed run (the settings study's pre-training).
+    A search evaluates the method's known-good recipe first when the space holds it."""
     check_settings(settings)
-    base, space = apply_params(base, byol_space() if space is None else space, params)
+    method = method_named(name)
+    base, space = apply_params(base, method.search_space(0) if space is None else space, params)
     root, train, probe = load_labelled_splits(data_root, base.image_size, cache_dir)
     _check_probe(probe, base.probe_k, str(root / "val"))
     sizes = space["batch_size"].values_to_check() if "batch_size" in space else [base.batch_size]
     for size in sizes:
         _check_batch(int(size), len(train), settings.resources.workers, str(root / "train"))
-    initial = {name: RECIPE[name] for name in space if name in RECIPE}
+    initial = {key: method.recipe[key] for key in space if key in method.recipe}
     recipe_fits = len(initial) == len(space) and all(space[n].contains(v) for n, v in initial.items())
     return _probe_scored_plan(
         settings,
         base,
         space,
-        run_byol,
+        MethodEntry(name),
         root,
         train,
         probe,
         initial_points=(initial,) if space and recipe_fits else (),
         early_stopping=bool(space) and settings.num_samples > 1,  # nothing to stop early in a single run
-        tags={"fsl.method": "byol"},
+        tags={"fsl.method": name},
     )
 
 
@@ -99,13 +112,21 @@ def plan_supervised_pretraining(
     _check_probe(probe, base.probe_k, str(root / "val"))
     _check_batch(base.batch_size, len(train), settings.resources.workers, str(root / "train"))
     return _probe_scored_plan(
-        settings, base, {}, run_classifier, root, train, probe, early_stopping=False, tags={"fsl.method": "supervised"}
+        settings,
+        base,
+        {},
+        MethodEntry("supervised"),
+        root,
+        train,
+        probe,
+        early_stopping=False,
+        tags={"fsl.method": "supervised"},
     )
 
 
 def _probe_scored_plan(
     settings: StudySettings,
-    base: BYOLConfig | ClassifierConfig,
+    base: SelfSupervisedConfig | ClassifierConfig,
     space: dict[str, Dimension],
     entry: Entry,
     root: Path,
@@ -134,5 +155,5 @@ def describe_data(plan: StudyPlan) -> str:
     train, probe = plan.shared["train"], plan.shared["probe"]
     return (
         f"Data: {len(train)} training images (labels unused by BYOL), probe {len(probe)} val images / "
-        f"{len(probe.class_names)} classes, at {plan.base.image_size} px from {plan.data_root}"  # type: ignore[attr-defined]
+        f"{len(probe.class_names)} classes, at {plan.base.image_size} px from {plan.data_root}"
     )
