@@ -1,6 +1,9 @@
 """The MLflow callback against a real SQLite store: parent/child runs, no duplicates on restarts, clean-up of
 children whose trial Tune never saved, and the tracking URI rules."""
 
+import sqlite3
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -157,3 +160,36 @@ def test_a_trial_run_keeps_every_node_it_ran_on_across_driver_processes(tmp_path
     again.on_trial_result(0, [], trial, {"epoch": 3, "val_acc": 0.7, "node_id": "node-b"})
     run = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(callback.child_run(trial))
     assert run.data.tags["fsl.nodes"] == "node-a,node-b"
+
+
+def test_a_lock_after_a_child_run_is_created_does_not_create_it_twice(tmp_path: Path):
+    """Another process locks the SQLite store between a trial's create_run and its params: the callback waits,
+    tries again, and finds the run it created (a second create_run was the bug that gave 61 runs for 60)."""
+    callback = _callback(tmp_path)
+    callback.setup()
+    trial = _trial("t1")
+    callback.on_step_begin(0, [trial])  # the study's first step lists the children: a new trial is created unsearched
+    client = callback.client
+    other = sqlite3.connect(tmp_path / "mlflow.db", timeout=30, isolation_level=None, check_same_thread=False)
+    create_run = client.create_run
+
+    def create_then_lock(*args, **kwargs):
+        run = create_run(*args, **kwargs)
+        other.execute("BEGIN EXCLUSIVE")  # the other process takes the store before the params are written
+        threading.Thread(target=release_when_seen, daemon=True).start()
+        return run
+
+    def release_when_seen() -> None:
+        deadline = time.monotonic() + 120
+        while not callback._lock_warned and time.monotonic() < deadline:  # the callback met the lock
+            time.sleep(0.05)
+        other.execute("ROLLBACK")
+
+    client.create_run = create_then_lock
+    callback.on_trial_start(0, [], trial)
+    client.create_run = create_run
+    assert callback._lock_warned
+    runs = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_runs(
+        [callback.experiment_id], f"tags.`mlflow.parentRunId` = '{callback.parent_run_id}'"
+    )
+    assert len(runs) == 1 and runs[0].data.params["lr"] == "0.001"

@@ -27,28 +27,25 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from ray.tune import Callback
+from ray.tune.result import AUTO_RESULT_KEYS
 
 from fsl.tracking.summary import StudySummary, error_line, write_study_summary
 from fsl.tracking.uri import artifact_location_for, failure_reason, tracking_server_problem
 from fsl.train.run_state import DIVERGED
 
-# Logged per epoch (step = epoch) on every child run, those a trial reports: the same names in every study.
-EPOCH_METRICS = (
-    "train_loss",
-    "train_acc",
-    "val_acc",
-    "val_acc_ci95",
-    "best_val_acc",
-    "byol_loss",
-    "z_std",
-    "tau",
-    "probe_acc",
-    "probe_acc_ci95",
-    "best_probe_acc",
-    "current_lr",
-    "epoch_time_s",
-    "images_per_s",
-)
+# What Tune adds to every result (times, host, counters): not the trial's own numbers, so not logged per epoch.
+NOT_TRIAL_METRICS = frozenset([*AUTO_RESULT_KEYS, "epoch", "done", "should_checkpoint"])
+
+
+def epoch_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """Every number a trial reported for an epoch, by its own name: logged on its child run (step = epoch)."""
+    return {
+        key: float(value)
+        for key, value in result.items()
+        if key not in NOT_TRIAL_METRICS and isinstance(value, int | float) and not isinstance(value, bool)
+    }
+
+
 ROLE_TAG, STUDY_TAG, STUDY_PATH_TAG, TRIAL_TAG = "fsl.role", "fsl.study", "fsl.study_path", "fsl.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
 CELL_TAG = "fsl.cell"
@@ -153,6 +150,7 @@ class MLflowStudyCallback(Callback):
         "_nodes",
         "_all_children_known",
         "_fresh",
+        "_params_pending",
         "_reconciled",
         "_queue",
         "_offline_since",
@@ -176,6 +174,8 @@ class MLflowStudyCallback(Callback):
         self._all_children_known = False
         # Child runs this process created and wrote to without a failure: what they hold is what it wrote.
         self._fresh: set[str] = set()
+        # Child runs created without their params yet (a write after create_run failed): logged on the next try.
+        self._params_pending: set[str] = set()
         self._reconciled = False
         self._queue: deque[Callable[[], None]] = deque()  # tracking actions not yet done
         self._offline_since: float | None = None
@@ -259,12 +259,16 @@ class MLflowStudyCallback(Callback):
         self._last_step[run_id] = max((m.step for m in history), default=0)
         self._run_status[run_id] = status
         self._children[trial_id] = run_id
+        if not run.data.params:
+            self._params_pending.add(run_id)  # an earlier process created it and stopped before its params
         return run_id
 
     def child_run(self, trial: Any) -> str:
         """The trial's child run: found by its trial id (after a restart or resume) or created."""
         run_id = self._find_child(trial.trial_id)
         if run_id is not None:
+            if run_id in self._params_pending:
+                self._log_params(run_id, trial)
             return run_id
         tags = {
             PARENT_TAG: self.ensure_parent(),
@@ -277,14 +281,21 @@ class MLflowStudyCallback(Callback):
         }
         name = child_run_name(trial.config, self.searched, trial.trial_id)
         run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
-        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in sorted(trial.config.items())])
+        # Known at once: when a later write fails (a locked store) and the action is tried again, this run is
+        # found here rather than created a second time.
+        self._children[trial.trial_id] = run_id
         self._last_step[run_id] = 0
         self._run_status[run_id] = "RUNNING"
         self._nodes[run_id] = []
-        self._children[trial.trial_id] = run_id
         self._fresh.add(run_id)
         self.counts["children"] += 1
+        self._params_pending.add(run_id)
+        self._log_params(run_id, trial)
         return run_id
+
+    def _log_params(self, run_id: str, trial: Any) -> None:
+        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in sorted(trial.config.items())])
+        self._params_pending.discard(run_id)
 
     # --- what each Tune event writes (idempotent: a retry or a replay adds only what is missing) ------
 
@@ -302,7 +313,7 @@ class MLflowStudyCallback(Callback):
         if step <= self._last_step.get(run_id, 0):
             return  # already logged before a restart
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(result[k]), now, step) for k in EPOCH_METRICS if k in result]
+        metrics = [Metric(k, value, now, step) for k, value in epoch_metrics(result).items()]
         # Where the trial ran, kept as it moves (a lost node, a restart elsewhere): every node, in order.
         known = self._nodes.setdefault(run_id, [])
         new = [node for node in result_nodes(result) if node not in known]
@@ -327,7 +338,6 @@ class MLflowStudyCallback(Callback):
             for name, key in (
                 (f"final_best_{self.metric}", f"best_{self.metric}"),
                 (f"final_best_{self.metric}_ci95", f"best_{self.metric}_ci95"),
-                ("best_epoch", "best_epoch"),
                 ("epochs_run", "epoch"),
             )
             if key in result and name not in logged
