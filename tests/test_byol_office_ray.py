@@ -55,13 +55,15 @@ def test_byol_study_runs_two_worker_ddp_and_logs_the_probe(local_ray, tiny_hw4_m
 
 @pytest.fixture(scope="module")
 def office(local_ray, tiny_hw4_master: Path, tiny_office: Path, tmp_path_factory):
-    """The five settings with both backbones pre-trained first, as part of the study."""
+    """The five settings and SimCLR's two, with the three backbones pre-trained first, as part of the study."""
     tmp = tmp_path_factory.mktemp("office")
     argv = [
         *("--data", str(tiny_office), "--pretrain-data", str(tiny_hw4_master), "--image-size", "16"),
+        *("--settings", "A,B,C,D,E,C-simclr,E-simclr"),
         *"--arch resnet18 --epochs 2 --pretrain-epochs 1 --pretrain-cpus-per-worker 1".split(),
         *_params("--param", TINY_CLASSIFIER_PARAMS),
         *_params("--byol-param", TINY_BYOL_PARAMS),
+        *_params("--simclr-param", TINY_BYOL_PARAMS),
         *_params("--supervised-param", TINY_CLASSIFIER_PARAMS),
         *tiny_output_argv(tmp, "office", "settings"),
     ]
@@ -76,21 +78,29 @@ def _office_runs(uri: str) -> pd.DataFrame:
     return mlflow.search_runs(experiment_names=["office"])
 
 
-def test_settings_study_has_a_parent_and_five_tagged_children(office):
+def test_settings_study_has_a_parent_and_a_tagged_child_per_setting(office):
     assert office["code"] == 0
     runs = _office_runs(office["uri"])
     parent = runs[(runs["tags.fsl.role"] == "study") & (runs["tags.mlflow.runName"] == "settings")].iloc[0]
     children = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"]].sort_values("tags.fsl.setting")
-    assert list(children["tags.fsl.setting"]) == ["A", "B", "C", "D", "E"]
-    assert list(children["params.pretraining"]) == ["none", "supervised", "byol", "supervised", "byol"]
-    assert list(children["params.finetune"]) == ["full", "full", "full", "frozen", "frozen"]
+    assert list(children["tags.fsl.setting"]) == ["A", "B", "C", "C-simclr", "D", "E", "E-simclr"]
+    assert list(children["params.pretraining"]) == [
+        "none",
+        "supervised",
+        "byol",
+        "simclr",
+        "supervised",
+        "byol",
+        "simclr",
+    ]
+    assert list(children["params.finetune"]) == ["full", "full", "full", "full", "frozen", "frozen", "frozen"]
     assert list(children["tags.fsl.pretraining"]) == list(children["params.pretraining"])
     assert (children["status"] == "FINISHED").all()
     client = MlflowClient(office["uri"])
     for run_id in children["run_id"]:
         assert [m.step for m in client.get_metric_history(run_id, "val_acc")] == [1, 2]
     # The backbones came from the pre-training studies run first, and the parent says which runs.
-    for method in ("byol", "supervised"):
+    for method in ("byol", "simclr", "supervised"):
         source = parent[f"params.{method}_checkpoint"]
         assert source.startswith("runs:/") and source.endswith("/checkpoint/best_model.pt")
         pre_parent = runs[runs["tags.mlflow.runName"] == f"settings-{method}"]
@@ -99,6 +109,8 @@ def test_settings_study_has_a_parent_and_five_tagged_children(office):
         assert source.split("/")[1] == pre_child["run_id"].iloc[0]
     assert "| Setting | Pre-training | Fine-tuning | Validation accuracy |" in office["out"]
     assert "Pre-training the BYOL backbone first" in office["out"]
+    assert "Pre-training the SimCLR backbone first" in office["out"]
+    assert "| C-simclr | SimCLR (pre-training data, no labels) | full network |" in office["out"]
 
 
 def test_the_settings_table_and_chart_are_on_the_parent(office):
@@ -108,7 +120,7 @@ def test_the_settings_table_and_chart_are_on_the_parent(office):
     paths = {a.path for a in client.list_artifacts(parent_id, "results")}
     assert {"results/settings.csv", "results/settings.md", "results/settings.png"} <= paths
     table = pd.read_csv(client.download_artifacts(parent_id, "results/settings.csv", str(office["tmp"] / "dl")))
-    assert list(table["setting"]) == ["A", "B", "C", "D", "E"]
+    assert list(table["setting"]) == ["A", "B", "C", "C-simclr", "D", "E", "E-simclr"]
     children = runs[runs["tags.mlflow.parentRunId"] == parent_id].set_index("tags.fsl.setting")
     for _, row in table.iterrows():
         assert row["val_acc"] == pytest.approx(children.loc[row["setting"], "metrics.final_best_val_acc"])

@@ -206,7 +206,7 @@ CASES = [
         "--address that is not an address",
         None,
         ["--address", "cluster-head"],
-        r"--address cluster-head: Invalid address format: cluster-head$",
+        r"--address cluster-head: expected HOST:PORT, the head node's address \(e\.g\. 10\.0\.0\.5:6379\)$",
     ),
     ("unwritable storage", None, _blocked_storage, r"--storage .*a-file/results: cannot write there \("),
     ("resume with nothing to resume", None, ["--resume", "--study-name", "nothing"], r"--resume: no study to resume"),

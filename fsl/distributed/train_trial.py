@@ -25,7 +25,7 @@ import ray.train
 import ray.train.torch
 import torch
 
-from fsl.distributed.placement import PLACEMENT_GROUP_METRIC, current_placement_group_id
+from fsl.distributed.placement_groups import PLACEMENT_GROUP_METRIC, current_placement_group_id
 from fsl.train.checkpoint import load_checkpoint, save_checkpoint
 from fsl.train.entries import Entry
 from fsl.train.parallel import Placement

@@ -19,6 +19,7 @@ from fsl.study.runner import StudyPlan, StudySettings, check_settings
 from fsl.study.space import Dimension, apply_params
 from fsl.train.config import BYOLConfig, ClassifierConfig, SelfSupervisedConfig
 from fsl.train.entries import Entry
+from fsl.train.evaluate import binomial_ci95
 from fsl.train.parallel import Placement, to_device
 from fsl.train.probe import extract_features, knn_accuracy
 from fsl.train.registry import MethodEntry, method_named
@@ -30,7 +31,7 @@ def untrained_probe(arch: str, probe: DecodedSplit, k: int, seed: int) -> tuple[
     device = torch.device("cpu")
     features = extract_features(build_backbone(arch), to_device(probe.images, device), Placement(device))
     acc = knn_accuracy(features, torch.as_tensor(probe.labels), k)
-    return acc, 1.96 * (acc * (1 - acc) / len(probe)) ** 0.5
+    return binomial_ci95(acc, len(probe))
 
 
 def _check_probe(probe: DecodedSplit, k: int, where: str) -> None:

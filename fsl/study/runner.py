@@ -171,38 +171,26 @@ RAY_CONNECT_TIMEOUT_S = 10.0  # a cluster that does not accept a TCP connection 
 def check_ray_address(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> None:
     """Fail in seconds, with one line, when nothing answers at --address: ray.init would retry for ever.
 
-    The address is resolved as ray.init resolves it: `auto` (or any address while $RAY_ADDRESS is set for
-    `auto`) through $RAY_ADDRESS, the last `ray start` on this machine or a running local GCS; 127.0.0.1 and
-    localhost become this node's IP; `ray://host[:10001]` is a Ray Client server. Only a TCP connection is
-    tried; what answers there is Ray's to check."""
+    `auto` is $RAY_ADDRESS when set; otherwise ray.init looks for a cluster started on this machine and says
+    at once when there is none (start_ray turns that into one line). `host:port` is the head's GCS address,
+    `ray://host[:10001]` a Ray Client server. Only a TCP connection is tried; what answers is Ray's to check."""
     import socket
 
-    if address == "local":
+    target = (os.environ.get("RAY_ADDRESS") or "") if address == "auto" else address
+    if address == "local" or not target:
         return
-    target = (os.environ.get("RAY_ADDRESS") or address) if address == "auto" else address
-    if "://" in target:
-        parsed = urlparse(target)
-        if parsed.scheme != "ray":
-            return  # another client module: ray.init reports its own errors
-        try:
-            host, port = parsed.hostname, parsed.port or 10001
-        except ValueError as err:
-            raise ValueError(f"--address {address}: not an address ({err})") from None
-    else:
-        from ray._common.network_utils import parse_address
-        from ray._private.services import canonicalize_bootstrap_address
-
-        try:
-            resolved = canonicalize_bootstrap_address(target)
-        except (ConnectionError, ValueError) as err:
-            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(f"--address {address}: {message}") from None
-        if resolved is None:
-            return
-        host, port = parse_address(resolved)
+    if "://" in target and not target.startswith("ray://"):
+        return  # another client module: ray.init reports its own errors
+    parsed = urlparse(target if "://" in target else f"//{target}")
+    try:
+        host, port = parsed.hostname, parsed.port or (10001 if parsed.scheme == "ray" else None)
+    except ValueError as err:
+        raise ValueError(f"--address {address}: not an address ({err})") from None
+    if not host or port is None:
+        raise ValueError(f"--address {address}: expected HOST:PORT, the head node's address (e.g. 10.0.0.5:6379)")
     where = f"{host}:{port}" + (f" (from {target})" if target != address else "")
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
+        with socket.create_connection((host, port), timeout=timeout_s):
             pass
     except OSError as err:
         reason = "no answer" if isinstance(err, TimeoutError) else (err.strerror or type(err).__name__)
@@ -250,7 +238,10 @@ def start_ray(settings: StudySettings) -> None:
 
     if ray.is_initialized():
         return
-    ray.init(**ray_init_args(settings))
+    try:
+        ray.init(**ray_init_args(settings))
+    except ConnectionError as err:  # --address auto with no cluster on this machine, said at once
+        raise ValueError(f"--address {settings.address}: {str(err).strip().splitlines()[0]}") from None
 
 
 def ray_init_args(settings: StudySettings) -> dict[str, Any]:
@@ -413,7 +404,7 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
     from ray import tune
 
     from fsl.distributed.cluster_shape import describe
-    from fsl.distributed.placement import ReleaseTrainPlacementGroups
+    from fsl.distributed.placement_groups import ReleaseTrainPlacementGroups
     from fsl.distributed.train_trial import SharedData
     from fsl.study.capacity import check_storage_on_every_node, concurrency
     from fsl.study.divergence import NoRetryAfterDivergence

@@ -20,7 +20,7 @@ from fsl.data.decoded import DecodedSplit
 from fsl.methods.classifier import Classifier, correct_count
 from fsl.train.config import ClassifierConfig
 from fsl.train.epochs import run_epochs
-from fsl.train.evaluate import ci95_from_sums
+from fsl.train.evaluate import binomial_ci95
 from fsl.train.method import SUPERVISED, Method
 from fsl.train.parallel import Placement, all_reduce_sum, batch_rows, rank_share, to_device
 from fsl.train.precision import to_channels_last
@@ -160,7 +160,7 @@ class ClassifierMethod(Method):
                 right = float(correct_count(model.head(self.val_features), self.val_labels))
         else:
             right = _val_correct(model, self.val_images, self.val_labels, self.placement)
-        return ci95_from_sums(right, right, len(self.val_labels))
+        return binomial_ci95(right / len(self.val_labels), len(self.val_labels))
 
 
 def train_classifier(

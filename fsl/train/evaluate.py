@@ -53,6 +53,12 @@ def paired_difference_ci95(a: np.ndarray | list[float], b: np.ndarray | list[flo
     return mean_ci95(a - b)
 
 
+def binomial_ci95(share: float, count: float) -> tuple[float, float]:
+    """A share of successes over `count` independent trials and its 95% (normal-approximation) half-width
+    1.96 * sqrt(p (1 - p) / n): the interval of an accuracy over n images (top-1 on val, the k-NN probe)."""
+    return share, 1.96 * math.sqrt(max(share * (1 - share), 0.0) / count)
+
+
 def ci95_from_sums(total: float, total_sq: float, count: float) -> tuple[float, float]:
     """mean_ci95 from sums of x and x^2 (what data-parallel workers can all-reduce)."""
     mean = total / count

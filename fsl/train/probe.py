@@ -3,13 +3,12 @@ solo-learn use to follow self-supervised training), leave-one-out on a labelled 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fsl.data.augment import normalize, to_unit_float
+from fsl.train.evaluate import binomial_ci95
 from fsl.train.parallel import Placement, gather_rows, rank_share
 
 
@@ -67,4 +66,4 @@ def probe_accuracy(
     """k-NN accuracy of the backbone's features on a labelled split and its 95% (binomial) half-width; every
     rank computes its share of the features and gets the same numbers."""
     acc = knn_accuracy(extract_features(backbone, images, placement), labels, k)
-    return acc, 1.96 * math.sqrt(acc * (1 - acc) / len(labels))
+    return binomial_ci95(acc, len(labels))

@@ -16,8 +16,9 @@ from fsl.train.method import SELF_SUPERVISED, Method
 from fsl.train.parallel import Placement
 from fsl.train.protonet_method import ProtoNetMethod
 from fsl.train.run_state import Report
+from fsl.train.simclr_method import SimCLRMethod
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (ProtoNetMethod, ClassifierMethod, BYOLMethod)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (ProtoNetMethod, ClassifierMethod, BYOLMethod, SimCLRMethod)}
 
 
 def method_named(name: str) -> type[Method]:
