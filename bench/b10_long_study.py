@@ -36,7 +36,7 @@ from bench.b4_ray_overhead import ray_session, run_study_quietly, study_workspac
 from bench.b7_memory import trial_results
 from bench.common import Row, demo_data, make_row, median
 from fsl.distributed.train_trial import TrialResources
-from fsl.study.runner import StudySettings
+from fsl.study.runner import StudyOptions
 from fsl.train.config import ProtoNetConfig
 
 MB = 1024**2
@@ -165,11 +165,11 @@ def measure_in(work: Path, quick: bool) -> list[Row]:
     root = demo_data(16, n_train_classes=8, n_val_classes=5, images_per_class=20)
     base = ProtoNetConfig(epochs=1, episodes_per_epoch=episodes, eval_episodes=5, image_size=16, n_query=15)
     tracking = f"sqlite:///{work}/mlflow.db"
-    settings = StudySettings(
+    options = StudyOptions(
         study_name="long", storage=str(work / "results"), tracking_uri=tracking, experiment="bench-b10",
         num_samples=trials, max_concurrent=CONCURRENT, resources=TrialResources(1, 1.0),
     )  # fmt: skip
-    plan = plan_study(root, base, FIXED, settings)
+    plan = plan_study(root, base, FIXED, options)
     if list(plan.space) != ["lr"]:
         raise RuntimeError(f"expected lr alone searched, got {list(plan.space)}")
 
@@ -186,7 +186,7 @@ def measure_in(work: Path, quick: bool) -> list[Row]:
     if len(outcome.table) != trials or (outcome.table["status"] != "TERMINATED").any():
         raise RuntimeError(f"the {trials}-trial study did not finish every trial; see {work / 'study.log'}")
     children = finished_children(tracking, "bench-b10")
-    trial_s = median([trial[-1]["time_total_s"] for trial in trial_results(settings.study_path) if trial])
+    trial_s = median([trial[-1]["time_total_s"] for trial in trial_results(options.study_path) if trial])
     suggestions = calls["suggest"].seconds
     rss = calls["complete"].rss_mb
     growth = rss[-1] - rss[marks[0] - 1]

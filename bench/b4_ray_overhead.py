@@ -55,7 +55,7 @@ from typing import Any
 
 from bench.common import Row, bench_threads, demo_data, make_row, median, pinned_threads, time_interleaved
 from fsl.distributed.train_trial import TrialResources
-from fsl.study.runner import StudyPlan, StudySettings
+from fsl.study.runner import StudyOptions, StudyPlan
 from fsl.train.config import ProtoNetConfig
 
 TARGET = 1.10  # the study's wall time at most 1.10 x the in-process loop's
@@ -101,9 +101,9 @@ def run_study_quietly(plan: StudyPlan, log: Path) -> Any:
 
 def last_result(plan: StudyPlan) -> dict[str, Any]:
     """The last result line of the study's only trial (Tune's result.json)."""
-    files = sorted(Path(plan.settings.study_path).glob("trial-*/result.json"))
+    files = sorted(Path(plan.options.study_path).glob("trial-*/result.json"))
     if len(files) != 1:
-        raise RuntimeError(f"expected one trial under {plan.settings.study_path}, found {len(files)}")
+        raise RuntimeError(f"expected one trial under {plan.options.study_path}, found {len(files)}")
     lines = [line for line in files[0].read_text().splitlines() if line.strip()]
     return json.loads(lines[-1])
 
@@ -154,11 +154,11 @@ def measure_in(work: Path, quick: bool) -> list[Row]:
         epochs=sizes.epochs, episodes_per_epoch=sizes.episodes, eval_episodes=sizes.eval_episodes,
         image_size=sizes.image_size, n_query=15,
     )  # fmt: skip
-    settings = StudySettings(
+    options = StudyOptions(
         study_name="plan", storage=str(work / "results"), tracking_uri=f"sqlite:///{work}/mlflow.db",
         experiment="bench-b4", num_samples=1, resources=TrialResources(1, float(threads)),
     )  # fmt: skip
-    plan = plan_study(sizes.data(), base, FIXED, settings)
+    plan = plan_study(sizes.data(), base, FIXED, options)
     if plan.space:
         raise RuntimeError(f"expected every dimension fixed, still searched: {list(plan.space)}")
     config = plan.base.to_dict()
@@ -166,8 +166,8 @@ def measure_in(work: Path, quick: bool) -> list[Row]:
 
     def study(kind: str, workers: int) -> None:
         name = f"{kind}-{len(studies[kind])}"
-        s = dataclasses.replace(settings, study_name=name, resources=TrialResources(workers, float(threads)))
-        one = dataclasses.replace(plan, settings=s)
+        s = dataclasses.replace(options, study_name=name, resources=TrialResources(workers, float(threads)))
+        one = dataclasses.replace(plan, options=s)
         started_abs, started = time.time(), time.perf_counter()
         outcome = run_study_quietly(one, log)
         wall = time.perf_counter() - started
@@ -190,13 +190,13 @@ def measure_in(work: Path, quick: bool) -> list[Row]:
         if not metrics or metrics["epoch"] != sizes.epochs:
             raise RuntimeError(f"the in-process loop did not finish: {metrics}")
 
-    many = dataclasses.replace(settings, num_samples=sizes.many_trials, max_concurrent=2)
+    many = dataclasses.replace(options, num_samples=sizes.many_trials, max_concurrent=2)
     short = dataclasses.replace(plan, base=plan.base.replace(epochs=1), early_stopping=False)
 
     def many_trials(reuse: bool) -> None:
         name = f"many-{'reused' if reuse else 'fresh'}-{time.monotonic_ns()}"
         s = dataclasses.replace(many, study_name=name, reuse_trial_processes=reuse)
-        outcome = run_study_quietly(dataclasses.replace(short, settings=s), log)
+        outcome = run_study_quietly(dataclasses.replace(short, options=s), log)
         if outcome.best is None or len(outcome.table) != sizes.many_trials:
             raise RuntimeError(f"the {sizes.many_trials}-trial study did not finish; see {log}")
 

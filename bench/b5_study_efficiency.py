@@ -38,7 +38,7 @@ from pathlib import Path
 from bench.b4_ray_overhead import ray_session, run_study_quietly, study_workspace
 from bench.common import Row, demo_data, make_row, median
 from fsl.distributed.train_trial import TrialResources
-from fsl.study.runner import StudyPlan, StudySettings
+from fsl.study.runner import StudyOptions, StudyPlan
 from fsl.train.config import ProtoNetConfig
 
 WITHIN = 0.01  # "within 1 point" of the final best val_acc
@@ -76,7 +76,7 @@ def epoch_timeline(plan: StudyPlan) -> list[tuple[int, str, int, float]]:
     import pandas as pd
     from mlflow import MlflowClient
 
-    client = MlflowClient(plan.settings.tracking_uri)
+    client = MlflowClient(plan.options.tracking_uri)
     table = pd.read_csv(plan.results_dir / "results.csv")
     events = []
     for trial, run_id in zip(table["trial_id"], table["mlflow_run_id"], strict=True):
@@ -125,12 +125,12 @@ def measure_in(work: Path, quick: bool) -> list[Row]:
         # Alternate which side runs first from seed to seed (machine load drifts; it does not change epoch counts).
         sides = ["ours", "baseline"] if seed % 2 == 0 else ["baseline", "ours"]
         for side in sides:
-            settings = StudySettings(
+            options = StudyOptions(
                 study_name=f"{side}-seed{seed}", storage=str(work / "results"),
                 tracking_uri=f"sqlite:///{work}/mlflow.db", experiment="bench-b5", num_samples=sizes.trials,
                 max_concurrent=2, resources=TrialResources(1, 1.0), seed=seed,
             )  # fmt: skip
-            plan = plan_study(root, base, [], settings)
+            plan = plan_study(root, base, [], options)
             if side == "baseline":
                 plan = dataclasses.replace(plan, early_stopping=False, sampler="random", initial_points=())
             started = time.perf_counter()

@@ -40,7 +40,7 @@ from typing import Any
 from bench.b4_ray_overhead import ray_session, run_study_quietly, study_workspace
 from bench.common import Row, decoded_split, demo_data, make_row, median
 from fsl.distributed.train_trial import TrialResources
-from fsl.study.runner import StudySettings
+from fsl.study.runner import StudyOptions
 from fsl.train.config import ProtoNetConfig
 
 MB = 1024**2
@@ -126,11 +126,11 @@ def measure_in(work: Path, quick: bool) -> list[Row]:
         image_size=image_size,
         n_query=15,
     )
-    settings = StudySettings(
+    options = StudyOptions(
         study_name="plan", storage=str(work / "results"), tracking_uri=f"sqlite:///{work}/mlflow.db",
         experiment="bench-b7", num_samples=trials, max_concurrent=trials, resources=TrialResources(1, 1.0),
     )  # fmt: skip
-    plan = plan_study(root, base, FIXED, settings)
+    plan = plan_study(root, base, FIXED, options)
     data_mb = sum(plan.shared[name].images.nbytes for name in ("train", "val")) / MB
     entries = {
         "ours": shared_entry,
@@ -139,8 +139,8 @@ def measure_in(work: Path, quick: bool) -> list[Row]:
     figures: dict[str, dict[str, list[float]]] = {}
     overlap: dict[str, int] = {}
     for side, entry in entries.items():
-        s = dataclasses.replace(settings, study_name=side)
-        one = dataclasses.replace(plan, settings=s, entry=entry)
+        s = dataclasses.replace(options, study_name=side)
+        one = dataclasses.replace(plan, options=s, entry=entry)
         outcome = run_study_quietly(one, work / "studies.log")
         results = trial_results(s.study_path)
         if len(results) != trials or outcome.table.empty or (outcome.table["status"] != "TERMINATED").any():

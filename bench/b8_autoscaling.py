@@ -28,7 +28,7 @@ from bench.common import Row, demo_data, make_row, median
 from bench.fake_cluster import FakeAutoscalingCluster, environment, wait_until
 from fsl.distributed.cluster_shape import CONFIG_ENV
 from fsl.distributed.train_trial import TrialResources
-from fsl.study.runner import StudySettings
+from fsl.study.runner import StudyOptions
 from fsl.train.config import ProtoNetConfig
 
 GPU_NODES = 2
@@ -73,13 +73,13 @@ def _side(work: Path, side: str, repeat: int, quick: bool) -> tuple[float, float
                 base = ProtoNetConfig(
                     epochs=epochs, episodes_per_epoch=4, n_query=5, eval_episodes=30, image_size=16, seed=repeat
                 )
-                settings = StudySettings(
+                options = StudyOptions(
                     study_name=f"{side}-{repeat}", storage=str(work / "results"),
                     tracking_uri=f"sqlite:///{work}/mlflow.db", experiment="bench-b8", num_samples=trials,
                     resources=TrialResources(1, 1.0, 1.0), address=cluster.address, seed=repeat, grace_period=epochs,
                 )  # fmt: skip
                 data = demo_data(16, n_train_classes=8, n_val_classes=5, images_per_class=20)
-                plan = plan_study(data, base, FIXED, settings)
+                plan = plan_study(data, base, FIXED, options)
                 started = time.perf_counter()
                 outcome = run_study_quietly(plan, work / "studies.log")
                 study_s = time.perf_counter() - started

@@ -49,7 +49,7 @@ from bench.common import Row, bench_cache_dir, demo_data, make_row
 from fsl.data.decoded import DecodedSplit
 from fsl.data.demo import ensure_office_demo_dataset
 from fsl.distributed.train_trial import TrialResources
-from fsl.study.runner import StudyPlan, StudySettings
+from fsl.study.runner import StudyOptions, StudyPlan
 from fsl.train.config import ProtoNetConfig
 
 MB = 1024**2
@@ -169,7 +169,7 @@ def warm_cache(root: Path, image_size: int, cache: Path) -> Path:
     return cache
 
 
-def protonet_plan(root: Path, sizes: Sizes, cache: Path) -> Callable[[StudySettings], StudyPlan]:
+def protonet_plan(root: Path, sizes: Sizes, cache: Path) -> Callable[[StudyOptions], StudyPlan]:
     """The ProtoNet study (one epoch of 2 episodes) with the trial measuring itself, its data decoded in `cache`."""
     from fsl.study.protonet_study import plan_study
 
@@ -177,10 +177,10 @@ def protonet_plan(root: Path, sizes: Sizes, cache: Path) -> Callable[[StudySetti
         epochs=1, episodes_per_epoch=2, eval_episodes=sizes.eval_episodes, image_size=sizes.image_size, n_query=15
     )
     warm_cache(root, sizes.image_size, cache)
-    return lambda settings: dataclasses.replace(plan_study(root, base, FIXED, settings, cache), entry=shared_entry)
+    return lambda options: dataclasses.replace(plan_study(root, base, FIXED, options, cache), entry=shared_entry)
 
 
-def office_plan(root: Path, sizes: Sizes, cache: Path) -> Callable[[StudySettings], StudyPlan]:
+def office_plan(root: Path, sizes: Sizes, cache: Path) -> Callable[[StudyOptions], StudyPlan]:
     """The Office-Home settings study, setting A alone (no backbone to pre-train), one epoch on a small budget."""
     from fsl.study.office_study import plan_office_study
     from fsl.train.config import ClassifierConfig
@@ -189,8 +189,8 @@ def office_plan(root: Path, sizes: Sizes, cache: Path) -> Callable[[StudySetting
     if sizes.quick:  # the quick stand-in has about 50 train images
         base = dataclasses.replace(base, batch_size=16)
     warm_cache(root, sizes.office_size, cache)
-    return lambda settings: dataclasses.replace(
-        plan_office_study(root, base, [], settings, chosen=("A",), cache_dir=cache), entry=office_budget_entry
+    return lambda options: dataclasses.replace(
+        plan_office_study(root, base, [], options, chosen=("A",), cache_dir=cache), entry=office_budget_entry
     )
 
 
@@ -212,24 +212,24 @@ def office_budget_entry(config, data, report, placement, resume_state, prepare_m
     run_classifier(config, small, measured, placement, resume_state, prepare_model)
 
 
-def study_figures(plan_for: Callable[[StudySettings], StudyPlan], work: Path, name: str) -> dict[str, float]:
+def study_figures(plan_for: Callable[[StudyOptions], StudyPlan], work: Path, name: str) -> dict[str, float]:
     """One 1-trial study: the driver's RSS growth, the shared memory it adds, the trial's USS holding its data,
     and the stages up to the first epoch."""
     import psutil
 
     ray_session()
     me = psutil.Process()
-    settings = StudySettings(
+    options = StudyOptions(
         study_name=name, storage=str(work / "results"), tracking_uri=f"sqlite:///{work}/mlflow.db",
         experiment="bench-b9", num_samples=1, resources=TrialResources(1, 1.0),
     )  # fmt: skip
     shm_before = _shm_used()
     with sampled(lambda: me.memory_info().rss / MB) as rss, sampled(_shm_used) as shm:
         started = time.time()
-        plan = plan_for(settings)
+        plan = plan_for(options)
         planned = time.time()
         outcome = run_study_quietly(plan, work / "studies.log")
-    (result,) = [trial for trial in trial_results(settings.study_path)]
+    (result,) = [trial for trial in trial_results(options.study_path)]
     if outcome.best is None or len(result) != 1:
         raise RuntimeError(f"the {name} study did not finish its trial; see {work / 'studies.log'}")
     epoch = result[0]

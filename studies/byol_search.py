@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fsl.data.demo import ensure_demo_dataset
 from fsl.models.resnet import ARCHITECTURES
-from fsl.study.cli import add_compute_args, add_output_args, add_search_args, fail, print_outcome, study_settings
+from fsl.study.cli import add_compute_args, add_output_args, add_search_args, fail, print_outcome, study_options
 from fsl.study.pretraining_study import describe_data, plan_byol_study
 from fsl.study.runner import run_study
 from fsl.study.space import byol_space
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         data_root = ensure_demo_dataset(seed=0, image_size=image_size) if demo else args.data
         if args.num_samples is None:
             args.num_samples = defaults["num_samples"]
-        settings = study_settings(args, STUDY_PREFIX, grace_period=args.grace_period)
+        options = study_options(args, STUDY_PREFIX, grace_period=args.grace_period)
         base = BYOLConfig(
             arch=args.arch or defaults["arch"],
             epochs=args.epochs or defaults["epochs"],
@@ -99,14 +99,14 @@ def main(argv: list[str] | None = None) -> int:
             image_size=image_size,
             seed=args.seed,
         )
-        print(f"Preparing study {settings.study_name!r}: data {data_root}")
-        plan = plan_byol_study(data_root, base, args.param, settings)
+        print(f"Preparing study {options.study_name!r}: data {data_root}")
+        plan = plan_byol_study(data_root, base, args.param, options)
     except (ValueError, FileNotFoundError) as err:
         return fail(err)
     print(describe_data(plan))
     print(f"Untrained {plan.base.arch}: probe_acc {plan.baseline[0]:.4f} ± {plan.baseline[1]:.4f}")
     searched = ", ".join(f"{n} {d.describe()}" for n, d in plan.space.items()) or "nothing (all fixed)"
-    print(f"Searching {searched}; {settings.num_samples} trials x up to {plan.base.epochs} epochs")
+    print(f"Searching {searched}; {options.num_samples} trials x up to {plan.base.epochs} epochs")
     try:
         outcome = run_study(plan)
     except ValueError as err:  # resource checks against the running cluster

@@ -32,7 +32,7 @@ import torch
 
 from fsl.data.demo import ensure_demo_dataset, ensure_office_demo_dataset
 from fsl.models.resnet import ARCHITECTURES
-from fsl.study.cli import add_compute_args, add_output_args, add_search_args, fail, print_outcome, study_settings
+from fsl.study.cli import add_compute_args, add_output_args, add_search_args, fail, print_outcome, study_options
 from fsl.study.office_study import (
     DEFAULT_SETTINGS,
     SETTINGS,
@@ -44,8 +44,8 @@ from fsl.study.office_study import (
 from fsl.study.pretraining_study import plan_self_supervised_study, plan_supervised_pretraining
 from fsl.study.runner import (
     DRIVER_CPU,
+    StudyOptions,
     StudyPlan,
-    StudySettings,
     normalise_storage,
     restorable,
     run_study,
@@ -145,19 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def pretraining_storage(settings: StudySettings) -> str:
+def pretraining_storage(options: StudyOptions) -> str:
     """Where a settings study's pre-training runs live: beside it, in a folder of their own."""
-    return f"{settings.study_path}{PRETRAINING_SUFFIX}"
+    return f"{options.study_path}{PRETRAINING_SUFFIX}"
 
 
-def pretraining_settings(settings: StudySettings, method: str, cpus: float) -> StudySettings:
+def pretraining_options(options: StudyOptions, method: str, cpus: float) -> StudyOptions:
     """A pre-training run is a one-trial study of its own, named after the settings study; it continues (or
     is reused) when the settings study is resumed or rerun."""
-    storage = pretraining_storage(settings)
-    name = f"{settings.study_name}-{method}"
-    resources = dataclasses.replace(settings.resources, cpus_per_worker=cpus)
+    storage = pretraining_storage(options)
+    name = f"{options.study_name}-{method}"
+    resources = dataclasses.replace(options.resources, cpus_per_worker=cpus)
     return dataclasses.replace(
-        settings,
+        options,
         study_name=name,
         storage=storage,
         num_samples=1,
@@ -196,10 +196,10 @@ def main(argv: list[str] | None = None) -> int:
             args.study_name = latest_settings_study(args.storage)
             if args.study_name is None:
                 raise ValueError(f"--resume: no study to resume under {normalise_storage(args.storage)}")
-        settings = study_settings(args, STUDY_PREFIX)
-        if settings.resume and not restorable(settings.study_path) and Path(pretraining_storage(settings)).is_dir():
+        options = study_options(args, STUDY_PREFIX)
+        if options.resume and not restorable(options.study_path) and Path(pretraining_storage(options)).is_dir():
             # It stopped during pre-training: the settings study itself starts now, its pre-training continues.
-            settings = dataclasses.replace(settings, resume=False)
+            options = dataclasses.replace(options, resume=False)
         base = ClassifierConfig(
             arch=arch, epochs=args.epochs or defaults["epochs"], image_size=image_size, seed=args.seed
         )
@@ -211,16 +211,16 @@ def main(argv: list[str] | None = None) -> int:
         for method in sorted(backbones_needed(chosen)):
             if checkpoints[method]:
                 flag = flags[method]
-                path = resolve_checkpoint(checkpoints[method], settings.tracking_uri, flag)
+                path = resolve_checkpoint(checkpoints[method], options.tracking_uri, flag)
                 try:
                     backbones[method] = load_backbone_weights(path, arch)
                 except (ValueError, FileNotFoundError) as err:
                     raise ValueError(f"{flag} {err}") from None
                 sources[method] = checkpoints[method]
-        print(f"Preparing study {settings.study_name!r}: data {office_root}, settings {', '.join(chosen)}")
-        plan = plan_office_study(office_root, base, args.param, settings, chosen, backbones, sources)
+        print(f"Preparing study {options.study_name!r}: data {office_root}, settings {', '.join(chosen)}")
+        plan = plan_office_study(office_root, base, args.param, options, chosen, backbones, sources)
         pretraining = plan_pretraining(
-            args, settings, demo, defaults, arch, image_size, backbones_needed(chosen) - set(backbones)
+            args, options, demo, defaults, arch, image_size, backbones_needed(chosen) - set(backbones)
         )
     except (ValueError, FileNotFoundError) as err:
         return fail(err)
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def plan_pretraining(
     args: argparse.Namespace,
-    settings: StudySettings,
+    options: StudyOptions,
     demo: bool,
     defaults: dict[str, Any],
     arch: str,
@@ -258,16 +258,16 @@ def plan_pretraining(
     if root is None:
         flags = " and ".join(checkpoint_flag(m) for m in PRETRAINING if m in missing)
         raise ValueError(f"--pretrain-data is needed to pre-train the backbones not given by {flags}")
-    cpus = args.pretrain_cpus_per_worker or settings.resources.cpus_per_worker
-    if args.pretrain_cpus_per_worker is None and not settings.address:
+    cpus = args.pretrain_cpus_per_worker or options.resources.cpus_per_worker
+    if args.pretrain_cpus_per_worker is None and not options.address:
         # One run at a time on a local Ray: give it every core (a cluster's are unknown before Ray starts).
-        workers = settings.resources.workers
+        workers = options.resources.workers
         driver = DRIVER_CPU if workers > 1 else 0.0
-        cpus = max(cpus, ((settings.num_cpus or os.cpu_count() or 1) - driver) / workers)
+        cpus = max(cpus, ((options.num_cpus or os.cpu_count() or 1) - driver) / workers)
     epochs = args.pretrain_epochs or defaults["pretrain_epochs"]
     plans = {}
     for name in (m for m in PRETRAINING if m in missing):
-        params, where = getattr(args, f"{name}_param"), pretraining_settings(settings, name, cpus)
+        params, where = getattr(args, f"{name}_param"), pretraining_options(options, name, cpus)
         if PRETRAINING[name].pretrains == SELF_SUPERVISED:
             ssl = PRETRAINING[name].config_class(
                 arch=arch,
@@ -290,21 +290,21 @@ def run_pretraining(method: str, plan: StudyPlan, arch: str) -> tuple[dict[str, 
     done = (plan.results_dir / "results.csv").is_file()
     label = PRETRAINING[method].label
     if done:
-        print(f"Reusing the finished {label} pre-training {plan.settings.study_name!r}")
+        print(f"Reusing the finished {label} pre-training {plan.options.study_name!r}")
         outcome = study_outcome(plan)
     else:
-        print(f"Pre-training the {label} backbone first ({plan.settings.study_name!r}, {plan.base.epochs} epochs)")
+        print(f"Pre-training the {label} backbone first ({plan.options.study_name!r}, {plan.base.epochs} epochs)")
         outcome = run_study(plan)
     if outcome.tracking_error:
         raise ValueError(
-            f"the {label} pre-training {plan.settings.study_name!r} ended, but its best backbone is read from MLflow, "
+            f"the {label} pre-training {plan.options.study_name!r} ended, but its best backbone is read from MLflow, "
             f"which did not answer ({outcome.tracking_error}); once it does, run studies/sync_mlflow.py "
-            f"{plan.settings.study_path} and this command again (the pre-training is reused)"
+            f"{plan.options.study_path} and this command again (the pre-training is reused)"
         )
     if outcome.best is None or not outcome.best.get("mlflow_run_id"):
-        raise ValueError(f"the {label} pre-training {plan.settings.study_name!r} finished no epoch; see above")
+        raise ValueError(f"the {label} pre-training {plan.options.study_name!r} finished no epoch; see above")
     uri = f"runs:/{outcome.best['mlflow_run_id']}/checkpoint/best_model.pt"
-    weights = load_backbone_weights(resolve_checkpoint(uri, plan.settings.tracking_uri, label), arch)
+    weights = load_backbone_weights(resolve_checkpoint(uri, plan.options.tracking_uri, label), arch)
     print(f"{label} backbone: {uri} (probe_acc {outcome.best['best_probe_acc']:.4f})")
     return weights, uri
 
@@ -316,7 +316,7 @@ def print_settings_header(plan: StudyPlan) -> None:
         f"{plan.base.image_size} px from {plan.data_root}"
     )
     print(
-        f"Settings {', '.join(plan.grid['setting'])}: {plan.settings.num_samples} trial(s) each x "
+        f"Settings {', '.join(plan.grid['setting'])}: {plan.options.num_samples} trial(s) each x "
         f"{plan.base.epochs} epochs; "
         + ", ".join(f"{s} = {SETTINGS[s][0]} + {SETTINGS[s][1]}" for s in plan.grid["setting"])
     )

@@ -19,7 +19,7 @@ from pathlib import Path
 from fsl.data.demo import ensure_demo_dataset
 from fsl.data.episodes import write_fixed_episodes
 from fsl.study.ablation import ABLATIONS, AblationPlan, ablation_space, evaluate_cells, parse_cells, plan_ablation
-from fsl.study.cli import add_compute_args, add_output_args, add_search_args, fail, study_settings
+from fsl.study.cli import add_compute_args, add_output_args, add_search_args, fail, study_options
 from fsl.study.protonet_study import describe_data
 from fsl.study.runner import run_study
 from fsl.study.waiting import StudyWaitedTooLong
@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
             image_size=image_size,
             seed=args.seed,
         )
-        settings = study_settings(args, f"ablation-{ablation.name}")
-        print(f"Preparing ablation {settings.study_name!r} ({ablation.title}): data {data_root}")
-        plan = plan_ablation(data_root, base, ablation, cells, args.param, settings, args.report_episodes)
+        options = study_options(args, f"ablation-{ablation.name}")
+        print(f"Preparing ablation {options.study_name!r} ({ablation.title}): data {data_root}")
+        plan = plan_ablation(data_root, base, ablation, cells, args.param, options, args.report_episodes)
     except (ValueError, FileNotFoundError) as err:
         return fail(err)
     print_plan_header(plan)
@@ -115,7 +115,7 @@ def print_plan_header(plan: AblationPlan) -> None:
     searched = ", ".join(f"{n} {d.describe()}" for n, d in study.space.items()) or "nothing (each cell fixed)"
     print(
         f"Cells: {', '.join(cells.name({**study.base.to_dict(), cells.key: v}) for v in cells.values)}; in each, "
-        f"{study.settings.num_samples} trials searching {searched}, {study.base.epochs} epochs of "
+        f"{study.options.num_samples} trials searching {searched}, {study.base.epochs} epochs of "
         f"{study.base.episodes_per_epoch} episodes, no early stopping"
     )
     print(f"Report episodes: {len(plan.report_episodes)}, drawn apart from the {study.evaluation}")
@@ -127,7 +127,7 @@ def report(plan: AblationPlan, outcome) -> int:  # noqa: ANN001
     if outcome.tracking_error:
         print(
             f"The table scores each cell's best checkpoint, read from MLflow, which did not answer "
-            f"({outcome.tracking_error}). Once it does, run studies/sync_mlflow.py {study.settings.study_path}, "
+            f"({outcome.tracking_error}). Once it does, run studies/sync_mlflow.py {study.options.study_path}, "
             "then this command again with --resume (nothing is trained again)."
         )
         return 1
@@ -155,14 +155,14 @@ def report(plan: AblationPlan, outcome) -> int:  # noqa: ANN001
     best = table[table["is_best"]]
     best_cell = str(best["cell"].iloc[0]) if not best.empty else None
     if outcome.parent_run_id:
-        log_ablation(study.settings.tracking_uri, outcome.parent_run_id, [*files, report_csv, report_gt], best_cell)
+        log_ablation(study.options.tracking_uri, outcome.parent_run_id, [*files, report_csv, report_gt], best_cell)
     print()
     print(ablation_markdown(table, plan.ablation.title, episodes, searched))
     if best_cell is None:
         print(f"No trial finished; see {outcome.results_csv} and the trial errors above.")
         return 1
     print(f"Table: {folder / 'ablation.md'} (and .csv, .png); every trial: {outcome.results_csv}")
-    s = study.settings
+    s = study.options
     print(
         f"MLflow: {s.tracking_uri}, experiment {s.experiment!r}, parent run {s.study_name!r} ({outcome.parent_run_id})"
     )

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from fsl.data.demo import ensure_demo_dataset
-from fsl.study.cli import add_compute_args, add_output_args, add_search_args, fail, print_outcome, study_settings
+from fsl.study.cli import add_compute_args, add_output_args, add_search_args, fail, print_outcome, study_options
 from fsl.study.protonet_study import describe_data, plan_study
 from fsl.study.runner import StudyPlan, run_study
 from fsl.study.space import default_space
@@ -110,9 +110,9 @@ def plan_from_args(args: argparse.Namespace) -> StudyPlan:
         image_size=image_size,
         seed=args.seed,
     )
-    settings = study_settings(args, STUDY_PREFIX, grace_period=args.grace_period)
-    print(f"Preparing study {settings.study_name!r}: data {data_root}")
-    return plan_study(data_root, base, args.param, settings)
+    options = study_options(args, STUDY_PREFIX, grace_period=args.grace_period)
+    print(f"Preparing study {options.study_name!r}: data {data_root}")
+    return plan_study(data_root, base, args.param, options)
 
 
 def run_plan(plan: StudyPlan) -> int:
@@ -132,7 +132,7 @@ def print_plan_header(plan: StudyPlan) -> None:
     print(f"Untrained Conv4 on these episodes: val_acc {plan.baseline[0]:.4f} ± {plan.baseline[1]:.4f}")
     searched = ", ".join(f"{n} {d.describe()}" for n, d in plan.space.items()) or "nothing (all fixed)"
     print(
-        f"Searching {searched}; {plan.settings.num_samples} trials x up to {plan.base.epochs} epochs of "
+        f"Searching {searched}; {plan.options.num_samples} trials x up to {plan.base.epochs} epochs of "
         f"{plan.base.episodes_per_epoch} episodes"
     )
 

@@ -234,7 +234,7 @@ def test_images_of_other_modes_and_sizes_are_converted_not_rejected(tiny_hw4: Pa
     """Grayscale, RGBA, palette and larger or non-square images pass the whole pre-Ray planning (reading,
     decoding, the episode checks and the untrained baseline) as RGB at --image-size."""
     from fsl.study.protonet_study import plan_study
-    from fsl.study.runner import StudySettings
+    from fsl.study.runner import StudyOptions
     from fsl.train.config import ProtoNetConfig
 
     names = pd.read_csv(tiny_hw4 / "val.csv")["filename"]
@@ -249,9 +249,9 @@ def test_images_of_other_modes_and_sizes_are_converted_not_rejected(tiny_hw4: Pa
     }
     for row, (image, _) in replaced.items():
         image.save(tiny_hw4 / "val" / names[row], format="PNG")
-    settings = StudySettings("modes", str(tmp_path / "results"), f"sqlite:///{tmp_path}/mlflow.db")
+    options = StudyOptions("modes", str(tmp_path / "results"), f"sqlite:///{tmp_path}/mlflow.db")
     base = ProtoNetConfig(n_way=5, k_shot=1, n_query=5, eval_episodes=30, image_size=16)
-    plan = plan_study(tiny_hw4, base, [], settings)
+    plan = plan_study(tiny_hw4, base, [], options)
     images = plan.shared["val"].images
     assert images.shape == (100, 16, 16, 3) and images.dtype == np.uint8
     for row, (_, rgb) in replaced.items():

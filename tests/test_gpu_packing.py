@@ -44,9 +44,9 @@ def test_max_overlap_counts_intervals_open_at_once():
 def test_quarter_gpu_trials_run_four_at_once(ray_with_one_gpu, tiny_hw4_master: Path, tmp_path: Path):
     from fsl.distributed.train_trial import TrialResources
     from fsl.study.capacity import concurrency
-    from fsl.study.runner import StudySettings
+    from fsl.study.runner import StudyOptions
 
-    quarter = StudySettings("s", str(tmp_path), "sqlite://", resources=TrialResources(1, 1.0, 0.25))
+    quarter = StudyOptions("s", str(tmp_path), "sqlite://", resources=TrialResources(1, 1.0, 0.25))
     assert concurrency(quarter, total_trials=6)[0] == 4  # 1 GPU / 0.25, though 6 CPUs would fit six
 
     argv = tiny_study_argv(tiny_hw4_master, tmp_path, "packing", "quarter-gpus") + [

@@ -78,7 +78,7 @@ def test_ddp_workers_of_one_trial_run_on_two_nodes_fed_by_the_object_store_only(
     and episodes from the object store, or the trial fails."""
     import ray
 
-    from fsl.study.cli import study_settings
+    from fsl.study.cli import study_options
     from fsl.study.protonet_study import plan_study
     from fsl.study.runner import run_study
     from fsl.train.config import ProtoNetConfig
@@ -93,7 +93,7 @@ def test_ddp_workers_of_one_trial_run_on_two_nodes_fed_by_the_object_store_only(
     ]
     args = build_parser().parse_args(argv)
     base = ProtoNetConfig(epochs=2, episodes_per_epoch=4, n_query=5, eval_episodes=30, image_size=16)
-    plan = plan_study(data, base, FIXED[1::2], study_settings(args, "protonet"), cache_dir=cache)
+    plan = plan_study(data, base, FIXED[1::2], study_options(args, "protonet"), cache_dir=cache)
     shutil.rmtree(data)
     shutil.rmtree(cache)
 

@@ -8,16 +8,16 @@ import optuna
 import pytest
 
 from fsl.study.protonet_study import plan_study
-from fsl.study.runner import StudySettings, _param_space, _searcher
+from fsl.study.runner import StudyOptions, _param_space, _searcher
 from fsl.train.config import ProtoNetConfig
 
 
 @pytest.fixture(scope="module")
 def plan(tiny_hw4_master: Path, tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("searcher")
-    settings = StudySettings("s", str(tmp / "results"), f"sqlite:///{tmp}/mlflow.db", num_samples=12, seed=3)
+    options = StudyOptions("s", str(tmp / "results"), f"sqlite:///{tmp}/mlflow.db", num_samples=12, seed=3)
     base = ProtoNetConfig(n_way=5, k_shot=1, n_query=5, eval_episodes=30, image_size=16)
-    return plan_study(tiny_hw4_master, base, [], settings)
+    return plan_study(tiny_hw4_master, base, [], options)
 
 
 def test_tpe_is_the_default_and_starts_with_the_recipe(plan):

@@ -167,22 +167,22 @@ def test_a_reused_process_gives_a_trial_what_a_fresh_one_would(local_ray, tiny_h
 
     from fsl.distributed.train_trial import TrialResources
     from fsl.study.protonet_study import plan_study
-    from fsl.study.runner import StudySettings, run_study
+    from fsl.study.runner import StudyOptions, run_study
     from fsl.train.config import ProtoNetConfig
 
     base = ProtoNetConfig(epochs=2, episodes_per_epoch=2, n_query=5, eval_episodes=30, image_size=16)
-    settings = StudySettings(
+    options = StudyOptions(
         study_name="same", storage=str(tmp_path / "results"), tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
         experiment="reuse", num_samples=3, max_concurrent=1, resources=TrialResources(1, 1.0),
     )  # fmt: skip
     fixed = ["lr=0.003", "augment=flip+crop", "head_depth=1", "distance=cosine", "train_way=5"]
-    plan = plan_study(tiny_hw4_master, base, fixed, settings)
+    plan = plan_study(tiny_hw4_master, base, fixed, options)
     assert not plan.space
     outcome = run_study(dataclasses.replace(plan, early_stopping=False))
     assert len(outcome.table) == 3
     trials = [
         [json.loads(line) for line in f.read_text().splitlines()]
-        for f in sorted(Path(settings.study_path).glob("trial-*/result.json"))
+        for f in sorted(Path(options.study_path).glob("trial-*/result.json"))
     ]
     assert len({row["pid"] for rows in trials for row in rows}) == 1
     keys = ("epoch", "train_loss", "val_acc")

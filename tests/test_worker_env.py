@@ -8,7 +8,7 @@ import pytest
 import ray
 
 from fsl.distributed.worker_env import WORKER_DEFAULTS, worker_env_vars, worker_runtime_env
-from fsl.study.runner import StudySettings, ray_init_args
+from fsl.study.runner import StudyOptions, ray_init_args
 
 pytestmark = pytest.mark.ray
 
@@ -25,7 +25,7 @@ def test_defaults_unless_the_user_set_a_variable():
 
 
 def test_a_cluster_address_gets_the_same_worker_environment():
-    args = ray_init_args(StudySettings("s", "/tmp/x", "sqlite:///x.db", address="10.0.0.5:6379"))
+    args = ray_init_args(StudyOptions("s", "/tmp/x", "sqlite:///x.db", address="10.0.0.5:6379"))
     assert args == {"address": "10.0.0.5:6379", "runtime_env": {"env_vars": worker_env_vars()}}
     assert args["runtime_env"] == worker_runtime_env()
 
@@ -34,7 +34,7 @@ def test_a_study_worker_starts_with_the_settings(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("MALLOC_ARENA_MAX", "2")  # the user's own choice
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
-    args = ray_init_args(StudySettings("s", str(tmp_path), f"sqlite:///{tmp_path}/m.db", num_cpus=1))
+    args = ray_init_args(StudyOptions("s", str(tmp_path), f"sqlite:///{tmp_path}/m.db", num_cpus=1))
     assert args["num_cpus"] == 1
     monkeypatch.delenv("MALLOC_ARENA_MAX")  # the worker must get it from the job, not inherit it from here
     ray.init(**args, include_dashboard=False, address="local")

@@ -21,7 +21,7 @@ from fsl.data.episodes import FixedEpisodes, check_episode_fits, draw_fixed_epis
 from fsl.data.study_data import EpisodeShape, load_study_data
 from fsl.models.distances import DISTANCES
 from fsl.study.protonet_study import paper_recipe_point, untrained_accuracy
-from fsl.study.runner import Cells, StudyOutcome, StudyPlan, StudySettings, check_settings
+from fsl.study.runner import Cells, StudyOptions, StudyOutcome, StudyPlan, check_options
 from fsl.study.space import Dimension, apply_params, default_space, parse_scalar
 from fsl.train.config import ProtoNetConfig
 from fsl.train.entries import run_protonet
@@ -82,12 +82,12 @@ def plan_ablation(
     ablation: Ablation,
     cell_values: tuple[Any, ...] | None,
     params: list[str],
-    settings: StudySettings,
+    options: StudyOptions,
     report_episodes: int,
     cache_dir: Path | None = None,
 ) -> AblationPlan:
     """Check everything and load the data before Ray starts; ValueError / FileNotFoundError on bad input."""
-    check_settings(settings)
+    check_options(options)
     cells = ablation.cells(cell_values)
     for text in params:
         if text.partition("=")[0].strip() == ablation.key:
@@ -104,7 +104,7 @@ def plan_ablation(
             raise ValueError(f"--cells: {err}") from None
     if not space:
         # Nothing searched: each cell is one fixed configuration, and more trials would repeat it.
-        settings = replace(settings, num_samples=1)
+        options = replace(options, num_samples=1)
     k_max = max(cells.values) if cells.key == "k_shot" else base.k_shot
     max_way = max(cells.values) if cells.key == "train_way" else base.train_way
     data = load_study_data(
@@ -129,7 +129,7 @@ def plan_ablation(
     evaluation = f"{base.n_way}-way {shots}, {len(data.val_episodes)} fixed episodes"
     smallest_k = min(cells.values) if cells.key == "k_shot" else base.k_shot
     study = StudyPlan(
-        settings=settings,
+        options=options,
         base=base.replace(**{cells.key: cells.values[0]}),
         space=space,
         entry=run_protonet,
@@ -189,7 +189,7 @@ def evaluate_cells(plan: AblationPlan, outcome: StudyOutcome) -> list[CellResult
         accuracies = None
         if best is not None:
             uri = f"runs:/{best['mlflow_run_id']}/checkpoint/best_model.pt"
-            model, cfg, _ = load_best_model(resolve_checkpoint(uri, study.settings.tracking_uri))
+            model, cfg, _ = load_best_model(resolve_checkpoint(uri, study.options.tracking_uri))
             episodes = plan.report_episodes.with_shots(cfg.k_shot)
             accuracies = evaluate_episodes(model, images, episodes).accuracies
         name = cells.name({**study.base.to_dict(), cells.key: value})

@@ -9,14 +9,14 @@ import os
 from pathlib import Path
 
 from fsl.distributed.train_trial import TrialResources
-from fsl.study.runner import DRIVER_CPU, StudySettings
+from fsl.study.runner import DRIVER_CPU, StudyOptions
 
 
-def check_storage_on_every_node(settings: StudySettings, timeout_s: float = 120.0) -> None:
+def check_storage_on_every_node(options: StudyOptions, timeout_s: float = 120.0) -> None:
     """With --address, a local --storage must be a folder every node of the cluster sees (a shared file system):
     trials on other nodes write their checkpoints there. Each node up now is asked whether it sees a marker file
     written here; nodes that join later are checked by Ray itself when a trial saves a checkpoint there."""
-    if not settings.address or not settings.storage_is_local:
+    if not options.address or not options.storage_is_local:
         return
     import uuid
 
@@ -27,7 +27,7 @@ def check_storage_on_every_node(settings: StudySettings, timeout_s: float = 120.
     others = [node for node in ray.nodes() if node["Alive"] and node["NodeID"] != here]
     if not others:
         return
-    marker = Path(settings.storage) / f".fsl-storage-check-{uuid.uuid4().hex}"
+    marker = Path(options.storage) / f".fsl-storage-check-{uuid.uuid4().hex}"
     marker.write_text("written by the study's driver; every node must see it\n")
     sees = ray.remote(num_cpus=0, max_retries=0)(os.path.exists)
     answers: list[bool | None] = []
@@ -50,12 +50,12 @@ def check_storage_on_every_node(settings: StudySettings, timeout_s: float = 120.
     blind = [node["NodeManagerAddress"] for node, seen in zip(others, answers, strict=True) if seen is False]
     if blind:
         raise ValueError(
-            f"--storage {settings.storage}: a local folder that {len(blind)} of the cluster's {len(others) + 1} "
+            f"--storage {options.storage}: a local folder that {len(blind)} of the cluster's {len(others) + 1} "
             f"nodes cannot see (e.g. {blind[0]}); with --address use s3://... or a folder every node mounts"
         )
 
 
-def concurrency(settings: StudySettings, total_trials: int) -> tuple[int, str]:
+def concurrency(options: StudyOptions, total_trials: int) -> tuple[int, str]:
     """How many trials the study keeps running or pending at once, and why (for the console): on an autoscaling
     cluster, what it can grow to.
 
@@ -69,15 +69,15 @@ def concurrency(settings: StudySettings, total_trials: int) -> tuple[int, str]:
 
     from fsl.distributed.cluster_shape import cluster_shape, growth_ceiling, unsatisfiable
 
-    res = settings.resources
-    if settings.address:
+    res = options.resources
+    if options.address:
         shape = cluster_shape()
         if shape is not None:
             reason = unsatisfiable(res.per_worker, res.workers, shape.node_types, shape.max_workers)
             if reason:
                 raise ValueError(f"{_request_flags(res)}: {reason} (node types from {shape.source})")
-        if settings.max_concurrent:
-            return settings.max_concurrent, "--max-concurrent"
+        if options.max_concurrent:
+            return options.max_concurrent, "--max-concurrent"
         if shape is not None:
             ceiling = growth_ceiling(res.per_worker, res.workers, shape.node_types, shape.max_workers)
             if ceiling is None:
@@ -114,8 +114,8 @@ def concurrency(settings: StudySettings, total_trials: int) -> tuple[int, str]:
             f"cluster has {cpus:g}; lower --cpus-per-worker or --workers-per-trial"
         )
     fit = max(1, fitting_now(res, _alive_node_resources()))
-    if settings.max_concurrent and settings.max_concurrent < fit:
-        return settings.max_concurrent, "--max-concurrent"
+    if options.max_concurrent and options.max_concurrent < fit:
+        return options.max_concurrent, "--max-concurrent"
     return fit, "what this Ray's resources fit"
 
 

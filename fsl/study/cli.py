@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from fsl.distributed.train_trial import TrialResources
-from fsl.study.runner import StudySettings, latest_study, normalise_storage
+from fsl.study.runner import StudyOptions, latest_study, normalise_storage
 from fsl.tracking.uri import open_ui_line, resolve_tracking_uri
 
 
@@ -102,8 +102,8 @@ def add_output_args(parser: argparse.ArgumentParser, experiment: str, prefix: st
     )
 
 
-def study_settings(args: argparse.Namespace, prefix: str, grace_period: int | None = None) -> StudySettings:
-    """The StudySettings of the shared flags; a new study is named <prefix>-<date>-<time>."""
+def study_options(args: argparse.Namespace, prefix: str, grace_period: int | None = None) -> StudyOptions:
+    """The StudyOptions of the shared flags; a new study is named <prefix>-<date>-<time>."""
     storage = normalise_storage(args.storage)
     study_name = args.study_name
     if study_name is None:
@@ -116,7 +116,7 @@ def study_settings(args: argparse.Namespace, prefix: str, grace_period: int | No
             f"Resuming study {study_name!r}: it keeps the search space, epochs and number of trials it was "
             "started with; unfinished trials continue from their last checkpoint"
         )
-    return StudySettings(
+    return StudyOptions(
         study_name=study_name,
         storage=storage,
         tracking_uri=resolve_tracking_uri(args.tracking_uri),
@@ -159,7 +159,7 @@ def print_failures(table: Any) -> None:
 
 def print_outcome(plan: Any, outcome: Any) -> int:
     """The end-of-study summary. Returns 0 when a trial finished (also when others failed, as printed), else 1."""
-    s, metric = plan.settings, plan.metric
+    s, metric = plan.options, plan.metric
     print()
     if outcome.best is None:
         print(f"No trial finished an epoch; see {outcome.results_csv} and the trial errors above.")

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from fsl.data.study_data import load_labelled_splits
-from fsl.study.runner import StudyPlan, StudySettings, check_settings
+from fsl.study.runner import StudyOptions, StudyPlan, check_options
 from fsl.study.space import Dimension, apply_params
 from fsl.train.config import ClassifierConfig
 from fsl.train.method import SUPERVISED
@@ -34,7 +34,7 @@ def all_settings() -> dict[str, tuple[str, str]]:
     """Every setting's (pre-training, fine-tuning), from the registered pre-training methods."""
     supervised = next(iter(pretraining_methods(SUPERVISED)))
     first, *others = self_supervised_methods()
-    settings = {
+    options = {
         "A": ("none", "full"),
         "B": (supervised, "full"),
         "C": (first, "full"),
@@ -42,8 +42,8 @@ def all_settings() -> dict[str, tuple[str, str]]:
         "E": (first, "frozen"),
     }
     for name in others:
-        settings.update({f"C-{name}": (name, "full"), f"E-{name}": (name, "frozen")})
-    return settings
+        options.update({f"C-{name}": (name, "full"), f"E-{name}": (name, "frozen")})
+    return options
 
 
 SETTINGS = all_settings()
@@ -72,24 +72,24 @@ def setting_finetune(config: dict[str, Any]) -> str:
     return SETTINGS[config["setting"]][1]
 
 
-def backbones_needed(settings: tuple[str, ...]) -> set[str]:
-    return {SETTINGS[s][0] for s in settings} - {"none"}
+def backbones_needed(chosen: tuple[str, ...]) -> set[str]:
+    return {SETTINGS[s][0] for s in chosen} - {"none"}
 
 
 def plan_office_study(
     data_root: Path,
     base: ClassifierConfig,
     params: list[str],
-    settings: StudySettings,
+    options: StudyOptions,
     chosen: tuple[str, ...] = DEFAULT_SETTINGS,
     backbones: dict[str, dict[str, torch.Tensor]] | None = None,
     backbone_sources: dict[str, str] | None = None,
     cache_dir: Path | None = None,
 ) -> StudyPlan:
     """Validate everything and load the data; backbones still missing are filled in by `with_backbones`."""
-    check_settings(settings)
+    check_options(options)
     # One trial per setting trains at the default lr; more search lr at random, as many per setting.
-    space = {"lr": Dimension("lr", "loguniform", 1e-4, 1e-2)} if settings.num_samples > 1 else {}
+    space = {"lr": Dimension("lr", "loguniform", 1e-4, 1e-2)} if options.num_samples > 1 else {}
     base, space = apply_params(base, space, params)
     root, train, val = load_labelled_splits(data_root, base.image_size, cache_dir)
     val.labels_in(train.class_names, str(root / "val.csv") if (root / "val.csv").is_file() else str(root / "val"))
@@ -97,7 +97,7 @@ def plan_office_study(
         raise ValueError(f"batch_size={base.batch_size}: larger than the {len(train)} images in {root / 'train'}")
     sources = backbone_sources or {}
     return StudyPlan(
-        settings=settings,
+        options=options,
         base=base,
         space=space,
         entry=MethodEntry("supervised"),

@@ -15,7 +15,7 @@ import torch
 from fsl.data.decoded import DecodedSplit
 from fsl.data.study_data import load_labelled_splits
 from fsl.models.resnet import build_backbone
-from fsl.study.runner import StudyPlan, StudySettings, check_settings
+from fsl.study.runner import StudyOptions, StudyPlan, check_options
 from fsl.study.space import Dimension, apply_params
 from fsl.train.config import BYOLConfig, ClassifierConfig, SelfSupervisedConfig
 from fsl.train.entries import Entry
@@ -55,12 +55,12 @@ def plan_byol_study(
     data_root: Path,
     base: BYOLConfig,
     params: list[str],
-    settings: StudySettings,
+    options: StudyOptions,
     space: dict[str, Dimension] | None = None,
     cache_dir: Path | None = None,
 ) -> StudyPlan:
     """A BYOL study (studies/byol_search.py): plan_self_supervised_study for BYOL."""
-    return plan_self_supervised_study("byol", data_root, base, params, settings, space, cache_dir)
+    return plan_self_supervised_study("byol", data_root, base, params, options, space, cache_dir)
 
 
 def plan_self_supervised_study(
@@ -68,25 +68,25 @@ def plan_self_supervised_study(
     data_root: Path,
     base: SelfSupervisedConfig,
     params: list[str],
-    settings: StudySettings,
+    options: StudyOptions,
     space: dict[str, Dimension] | None = None,
     cache_dir: Path | None = None,
 ) -> StudyPlan:
     """Validate everything and load the data; raises ValueError / FileNotFoundError with a one-line message.
     `space` defaults to the method's search space; {} makes one fixed run (the settings study's pre-training).
     A search evaluates the method's known-good recipe first when the space holds it."""
-    check_settings(settings)
+    check_options(options)
     method = method_named(name)
     base, space = apply_params(base, method.search_space(0) if space is None else space, params)
     root, train, probe = load_labelled_splits(data_root, base.image_size, cache_dir)
     _check_probe(probe, base.probe_k, str(root / "val"))
     sizes = space["batch_size"].values_to_check() if "batch_size" in space else [base.batch_size]
     for size in sizes:
-        _check_batch(int(size), len(train), settings.resources.workers, str(root / "train"))
+        _check_batch(int(size), len(train), options.resources.workers, str(root / "train"))
     initial = {key: method.recipe[key] for key in space if key in method.recipe}
     recipe_fits = len(initial) == len(space) and all(space[n].contains(v) for n, v in initial.items())
     return _probe_scored_plan(
-        settings,
+        options,
         base,
         space,
         MethodEntry(name),
@@ -94,7 +94,7 @@ def plan_self_supervised_study(
         train,
         probe,
         initial_points=(initial,) if space and recipe_fits else (),
-        early_stopping=bool(space) and settings.num_samples > 1,  # nothing to stop early in a single run
+        early_stopping=bool(space) and options.num_samples > 1,  # nothing to stop early in a single run
         tags={"fsl.method": name},
     )
 
@@ -103,17 +103,17 @@ def plan_supervised_pretraining(
     data_root: Path,
     base: ClassifierConfig,
     params: list[str],
-    settings: StudySettings,
+    options: StudyOptions,
     cache_dir: Path | None = None,
 ) -> StudyPlan:
     """One fixed supervised run on the pre-training data's labels, scored by the same k-NN probe as BYOL."""
-    check_settings(settings)
+    check_options(options)
     base, _ = apply_params(base, {}, params)
     root, train, probe = load_labelled_splits(data_root, base.image_size, cache_dir)
     _check_probe(probe, base.probe_k, str(root / "val"))
-    _check_batch(base.batch_size, len(train), settings.resources.workers, str(root / "train"))
+    _check_batch(base.batch_size, len(train), options.resources.workers, str(root / "train"))
     return _probe_scored_plan(
-        settings,
+        options,
         base,
         {},
         MethodEntry("supervised"),
@@ -126,19 +126,19 @@ def plan_supervised_pretraining(
 
 
 def _probe_scored_plan(
-    settings: StudySettings,
+    options: StudyOptions,
     base: SelfSupervisedConfig | ClassifierConfig,
     space: dict[str, Dimension],
     entry: Entry,
     root: Path,
     train: DecodedSplit,
     probe: DecodedSplit,
-    **options: Any,
+    **plan_fields: Any,
 ) -> StudyPlan:
     """A pre-training plan: trains on `train`, scores every epoch by the k-NN probe on `probe`, against the
     probe of an untrained backbone."""
     return StudyPlan(
-        settings=settings,
+        options=options,
         base=base,
         space=space,
         entry=entry,
@@ -148,7 +148,7 @@ def _probe_scored_plan(
         data_root=root,
         baseline=untrained_probe(base.arch, probe, base.probe_k, base.seed),
         baseline_name=f"untrained {base.arch}",
-        **options,
+        **plan_fields,
     )
 
 

@@ -11,7 +11,7 @@ import torch
 
 from fsl.data.episodes import check_episode_fits
 from fsl.data.study_data import EpisodeShape, StudyData, load_study_data
-from fsl.study.runner import StudyPlan, StudySettings, check_settings
+from fsl.study.runner import StudyOptions, StudyPlan, check_options
 from fsl.study.space import Dimension, apply_params, default_space
 from fsl.train.config import ProtoNetConfig
 from fsl.train.entries import run_protonet
@@ -55,11 +55,11 @@ def plan_study(
     data_root: Path,
     base: ProtoNetConfig,
     params: list[str],
-    settings: StudySettings,
+    options: StudyOptions,
     cache_dir: Path | None = None,
 ) -> StudyPlan:
     """Validate everything and load the data; raises ValueError / FileNotFoundError with a one-line message."""
-    check_settings(settings)
+    check_options(options)
     base, space = apply_params(base, default_space(), params)
     data = load_study_data(
         data_root,
@@ -84,7 +84,7 @@ def plan_study(
     except ValueError as err:
         raise ValueError(f"train_way={way}: {err}") from None
     return StudyPlan(
-        settings=settings,
+        options=options,
         base=base,
         space=space,
         entry=run_protonet,

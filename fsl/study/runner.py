@@ -32,7 +32,7 @@ DRIVER_CPU = 0.01  # a Ray Train trial's own process only launches workers; Ray 
 
 
 @dataclass(frozen=True)
-class StudySettings:
+class StudyOptions:
     study_name: str
     storage: str  # a local folder (absolute) or a URI such as s3://bucket/path
     tracking_uri: str
@@ -79,7 +79,7 @@ class Cells:
 class StudyPlan:
     """Everything run_study needs, checked before Ray starts."""
 
-    settings: StudySettings
+    options: StudyOptions
     base: TrainConfig
     space: dict[str, Dimension]  # searched by Optuna (or sampled at random beside a grid)
     entry: Entry  # the training loop every trial runs (fsl.train.entries)
@@ -105,9 +105,9 @@ class StudyPlan:
 
     @property
     def results_dir(self) -> Path:
-        if self.settings.storage_is_local:
-            return Path(self.settings.study_path)
-        return Path.cwd() / "fsl-summaries" / self.settings.study_name
+        if self.options.storage_is_local:
+            return Path(self.options.study_path)
+        return Path.cwd() / "fsl-summaries" / self.options.study_name
 
     @property
     def shown(self) -> list[str]:
@@ -117,7 +117,7 @@ class StudyPlan:
     @property
     def total_trials(self) -> int:
         cells = len(self.cells.values) if self.cells else 1
-        return self.settings.num_samples * cells * math.prod(len(values) for values in self.grid.values())
+        return self.options.num_samples * cells * math.prod(len(values) for values in self.grid.values())
 
 
 @dataclass(frozen=True)
@@ -200,60 +200,60 @@ def check_ray_address(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) ->
         ) from None
 
 
-def check_settings(settings: StudySettings) -> None:
+def check_options(options: StudyOptions) -> None:
     """The checks every study makes on its flags, storage and name (before loading any data)."""
-    if settings.num_samples < 1:
-        raise ValueError(f"--num-samples must be >= 1, got {settings.num_samples}")
-    if settings.max_concurrent is not None and settings.max_concurrent < 1:
-        raise ValueError(f"--max-concurrent must be >= 1, got {settings.max_concurrent}")
-    if settings.address and settings.num_cpus is not None:
+    if options.num_samples < 1:
+        raise ValueError(f"--num-samples must be >= 1, got {options.num_samples}")
+    if options.max_concurrent is not None and options.max_concurrent < 1:
+        raise ValueError(f"--max-concurrent must be >= 1, got {options.max_concurrent}")
+    if options.address and options.num_cpus is not None:
         raise ValueError("--num-cpus sizes a local Ray; a cluster given by --address has its own resources")
-    if settings.wait_timeout_s is not None and settings.wait_timeout_s <= 0:
-        raise ValueError(f"--wait-timeout must be > 0 seconds, got {settings.wait_timeout_s:g}")
-    if settings.warm_start and settings.resume:
+    if options.wait_timeout_s is not None and options.wait_timeout_s <= 0:
+        raise ValueError(f"--wait-timeout must be > 0 seconds, got {options.wait_timeout_s:g}")
+    if options.warm_start and options.resume:
         raise ValueError("--warm-start seeds a new study; a resumed study continues its own sampler history")
-    if settings.warm_start and not settings.storage_is_local:
+    if options.warm_start and not options.storage_is_local:
         raise ValueError(
             f"--warm-start needs a folder as --storage (the earlier study's Optuna storage is read there), "
-            f"not {settings.storage}"
+            f"not {options.storage}"
         )
-    if settings.reduction_factor < 2:
-        raise ValueError(f"ASHA reduction factor must be >= 2, got {settings.reduction_factor}")
-    if settings.address:
-        check_ray_address(settings.address)
-    check_tracking_server(settings.tracking_uri)
-    check_storage_writable(settings.storage)
-    exists = restorable(settings.study_path)
-    if settings.resume and not exists:
-        raise ValueError(f"--resume: no study to resume at {settings.study_path}")
-    if not settings.resume and (exists or (settings.storage_is_local and Path(settings.study_path).exists())):
+    if options.reduction_factor < 2:
+        raise ValueError(f"ASHA reduction factor must be >= 2, got {options.reduction_factor}")
+    if options.address:
+        check_ray_address(options.address)
+    check_tracking_server(options.tracking_uri)
+    check_storage_writable(options.storage)
+    exists = restorable(options.study_path)
+    if options.resume and not exists:
+        raise ValueError(f"--resume: no study to resume at {options.study_path}")
+    if not options.resume and (exists or (options.storage_is_local and Path(options.study_path).exists())):
         raise ValueError(
-            f"--study-name {settings.study_name}: a study already exists at {settings.study_path}; "
+            f"--study-name {options.study_name}: a study already exists at {options.study_path}; "
             "add --resume to continue it, or choose another --study-name"
         )
 
 
-def start_ray(settings: StudySettings) -> None:
+def start_ray(options: StudyOptions) -> None:
     import ray
 
     if ray.is_initialized():
         return
     try:
-        ray.init(**ray_init_args(settings))
+        ray.init(**ray_init_args(options))
     except ConnectionError as err:  # --address auto with no cluster on this machine, said at once
-        raise ValueError(f"--address {settings.address}: {str(err).strip().splitlines()[0]}") from None
+        raise ValueError(f"--address {options.address}: {str(err).strip().splitlines()[0]}") from None
 
 
-def ray_init_args(settings: StudySettings) -> dict[str, Any]:
+def ray_init_args(options: StudyOptions) -> dict[str, Any]:
     """ray.init's arguments for a study: the cluster at --address, or a local Ray of --num-cpus (with the
     dashboard, which gives users the Ray UI and Ray Train its State API); either way every process of the
     study's job (trials, Ray Train workers) starts with the training allocator settings."""
     from fsl.distributed.worker_env import worker_runtime_env
 
     runtime_env = worker_runtime_env()
-    if settings.address:
-        return {"address": settings.address, "runtime_env": runtime_env}
-    return {"num_cpus": settings.num_cpus, "runtime_env": runtime_env}
+    if options.address:
+        return {"address": options.address, "runtime_env": runtime_env}
+    return {"num_cpus": options.num_cpus, "runtime_env": runtime_env}
 
 
 def study_trial(
@@ -275,7 +275,7 @@ def build_callback(plan: StudyPlan, cluster_resources: dict[str, float], data_ha
     from fsl.tracking.mlflow_callback import MLflowStudyCallback
     from fsl.tracking.provenance import code_version, hardware
 
-    s, base = plan.settings, plan.base
+    s, base = plan.options, plan.base
     searched = "; ".join(f"{n}={d.describe()}" for n, d in plan.space.items())
     gridded = "; ".join(f"{n}={{{', '.join(map(str, v))}}}" for n, v in plan.grid.items())
     study_params = {
@@ -339,14 +339,14 @@ def optuna_storage_url(plan: StudyPlan) -> str | None:
     sampler in memory (saved by Tune with the study)."""
     from fsl.study.optuna_store import storage_url
 
-    return storage_url(plan.results_dir) if plan.settings.storage_is_local and uses_optuna(plan) else None
+    return storage_url(plan.results_dir) if plan.options.storage_is_local and uses_optuna(plan) else None
 
 
 def _searcher(plan: StudyPlan, data_hash: str = "", warm: WarmStart | None = None) -> Any:
     """Optuna's seeded TPE (or random sampler) over the space (TPE per cell for an ablation), its trials in the
     study's Optuna storage, warm-started when asked; with a grid (or nothing searched), Tune's own variant
     generator."""
-    s = plan.settings
+    s = plan.options
     if plan.cells:
         from fsl.study.cell_search import CellSearch
 
@@ -394,8 +394,8 @@ def _scheduler(plan: StudyPlan) -> Any:
         metric=plan.metric,
         mode="max",
         max_t=plan.base.epochs,
-        grace_period=plan.settings.grace_period or max(1, plan.base.epochs // 4),
-        reduction_factor=plan.settings.reduction_factor,
+        grace_period=plan.options.grace_period or max(1, plan.base.epochs // 4),
+        reduction_factor=plan.options.reduction_factor,
     )
 
 
@@ -419,7 +419,7 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
     )
     from fsl.tracking.provenance import dataset_hash
 
-    s = plan.settings
+    s = plan.options
     data_hash = dataset_hash(plan.shared)
     warm = None
     if s.warm_start:  # read and checked before Ray starts
@@ -509,10 +509,10 @@ def study_outcome(plan: StudyPlan) -> StudyOutcome:
     results_csv = plan.results_dir / RESULTS_CSV
     table = pd.read_csv(results_csv) if results_csv.is_file() else pd.DataFrame()
     best = best_row(table, plan.metric)
-    client = MlflowClient(plan.settings.tracking_uri)
+    client = MlflowClient(plan.options.tracking_uri)
     try:
-        experiment = client.get_experiment_by_name(plan.settings.experiment)
-        parent = find_study_run(client, experiment.experiment_id, plan.settings.study_path) if experiment else None
+        experiment = client.get_experiment_by_name(plan.options.experiment)
+        parent = find_study_run(client, experiment.experiment_id, plan.options.study_path) if experiment else None
     except Exception as err:  # the store is away: the study's results are in its folder all the same
         return StudyOutcome(table, best, results_csv, None, None, tracking_error=failure_reason(err))
     return StudyOutcome(table, best, results_csv, parent, experiment.experiment_id if experiment else None)
