@@ -42,8 +42,11 @@ def self_supervised_methods() -> dict[str, type[Method]]:
 
 
 def progress_keys() -> tuple[str, ...]:
-    """Every training number any method's progress line may show, in registry order, once each."""
-    return tuple(dict.fromkeys(key for m in METHODS.values() for key in m.progress_keys))
+    """Every training number any method's progress line may show, once each, in an order that keeps each
+    method's own: first the keys methods list first (their losses), then the second ones, and so on."""
+    keys = dict.fromkeys(key for m in METHODS.values() for key in m.progress_keys)
+    rank = {key: min(m.progress_keys.index(key) for m in METHODS.values() if key in m.progress_keys) for key in keys}
+    return tuple(sorted(keys, key=rank.__getitem__))
 
 
 @dataclass(frozen=True)
