@@ -130,20 +130,11 @@ def run_bare(plan: Any, trials: int, storage: Path) -> float:
 
 
 def finished_children(tracking_uri: str, experiment: str) -> int:
-    from mlflow import MlflowClient
+    from fsl.tracking.run_store import ROLE_TAG, RunStore
 
-    client = MlflowClient(tracking_uri)
-    experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    count, token = 0, None
-    while True:
-        page = client.search_runs(
-            [experiment_id], "tags.`fsl.role` = 'trial' and attributes.status = 'FINISHED'", max_results=1000,
-            page_token=token,
-        )  # fmt: skip
-        count += len(page)
-        token = page.token
-        if not token:
-            return count
+    store = RunStore.at(tracking_uri)
+    experiment_id = store.client.get_experiment_by_name(experiment).experiment_id
+    return len(store.runs([experiment_id], f"tags.`{ROLE_TAG}` = 'trial' and attributes.status = 'FINISHED'"))
 
 
 def measure(quick: bool) -> list[Row]:

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import mlflow_ui  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
-PARENT_TAG = "mlflow.parentRunId"
+from fsl.tracking.run_store import RunStore  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,14 +39,12 @@ def find_runs(client: MlflowClient, experiment: str, study: str | None, metric: 
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise ValueError(f"--experiment {experiment}: no such experiment")
-    runs = client.search_runs([found.experiment_id], max_results=5000, order_by=["attributes.start_time DESC"])
-    parents = [
-        r for r in runs if r.data.tags.get("fsl.role") == "study" and (study is None or r.info.run_name == study)
-    ]
+    store = RunStore(client)
+    parents = [r for r in store.studies([found.experiment_id]) if study is None or r.info.run_name == study]
     if not parents:
         raise ValueError(f"--experiment {experiment}: no study run" + (f" named {study!r}" if study else ""))
     parent = parents[0]
-    children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
+    children = store.trial_runs(found.experiment_id, parent.info.run_id)
     if len(children) < 2:
         raise ValueError(f"study {parent.info.run_name!r} has {len(children)} trial runs; comparing needs 2")
     score = f"final_best_{metric}"

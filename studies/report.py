@@ -17,15 +17,8 @@ import sys
 from pathlib import Path
 
 from fsl.study.cli import fail
-from fsl.tracking.report import (
-    ARTIFACT_DIR,
-    check_reachable,
-    existing_tracking_uri,
-    find_study,
-    log_report,
-    read_study,
-    write_report,
-)
+from fsl.tracking.report import ARTIFACT_DIR, log_report, write_report
+from fsl.tracking.study_reader import check_reachable, existing_tracking_uri, find_study, read_study
 
 
 def build_parser() -> argparse.ArgumentParser:

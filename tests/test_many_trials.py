@@ -17,7 +17,7 @@ from conftest import tiny_study_argv
 from mlflow import MlflowClient
 from trial_holds import GUARD_S, TrialHolds
 
-from fsl.tracking.mlflow_callback import epoch_metrics
+from fsl.tracking.recorder import epoch_metrics
 
 pytestmark = pytest.mark.ray
 

@@ -18,16 +18,10 @@ from conftest import own_stderr, tiny_study_argv
 from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+from fsl.tracking.importance import infer_distribution, param_importances
 from fsl.tracking.mlflow_callback import MLflowStudyCallback
-from fsl.tracking.report import (
-    infer_distribution,
-    names_in_run_names,
-    param_importances,
-    parse_search_space,
-    parse_values,
-    running_best,
-    study_metric,
-)
+from fsl.tracking.report_figures import running_best
+from fsl.tracking.study_reader import names_in_run_names, parse_search_space, parse_values, study_metric
 from studies.report import main as report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

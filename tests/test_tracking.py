@@ -1,6 +1,7 @@
 """The MLflow callback against a real SQLite store: parent/child runs, no duplicates on restarts, clean-up of
 children whose trial Tune never saved, and the tracking URI rules."""
 
+import pickle
 import sqlite3
 import threading
 import time
@@ -10,7 +11,8 @@ from types import SimpleNamespace
 import pytest
 from mlflow import MlflowClient
 
-from fsl.tracking.mlflow_callback import MLflowStudyCallback, child_run_name, result_nodes
+from fsl.tracking.mlflow_callback import MLflowStudyCallback
+from fsl.tracking.recorder import child_run_name, result_nodes
 from fsl.tracking.uri import artifact_location_for, resolve_tracking_uri
 
 
@@ -37,24 +39,24 @@ def test_children_are_found_again_and_epochs_are_logged_once(tmp_path: Path):
     # A new driver process (a resumed study): same parent, same child, epochs 1-2 not logged again.
     again = _callback(tmp_path)
     again.setup()
-    assert again.parent_run_id == callback.parent_run_id
-    assert again.child_run(trial) == callback.child_run(trial)
+    assert again.runs.parent_run_id == callback.runs.parent_run_id
+    assert again.runs.child_run(trial) == callback.runs.child_run(trial)
     for epoch in (1, 2, 3):
         again.on_trial_result(0, [], trial, {"epoch": epoch, "val_acc": 0.9, "train_loss": 0.5})
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    history = client.get_metric_history(callback.child_run(trial), "val_acc")
+    history = client.get_metric_history(callback.runs.child_run(trial), "val_acc")
     assert [(m.step, round(m.value, 3)) for m in history] == [(1, 0.6), (2, 0.7), (3, 0.9)]
-    run = client.get_run(callback.child_run(trial))
-    assert run.data.params["lr"] == "0.001" and run.data.tags["mlflow.parentRunId"] == callback.parent_run_id
+    run = client.get_run(callback.runs.child_run(trial))
+    assert run.data.params["lr"] == "0.001" and run.data.tags["mlflow.parentRunId"] == callback.runs.parent_run_id
     assert run.info.run_name == "lr=1.00e-03 distance=cosine"
-    parent = client.get_run(callback.parent_run_id)
+    parent = client.get_run(callback.runs.parent_run_id)
     assert parent.info.run_name == "s1" and parent.data.params["num_samples"] == "3"
     assert parent.data.metrics["untrained_val_acc"] == pytest.approx(0.3)
 
 
 def test_another_study_gets_its_own_parent(tmp_path: Path):
     first, second = _callback(tmp_path, "/studies/a"), _callback(tmp_path, "/studies/b")
-    assert first.ensure_parent() != second.ensure_parent()
+    assert first.runs.ensure_parent() != second.runs.ensure_parent()
 
 
 def test_children_of_trials_tune_never_saved_are_closed(tmp_path: Path):
@@ -64,7 +66,7 @@ def test_children_of_trials_tune_never_saved_are_closed(tmp_path: Path):
     for trial in (known, empty, logged):
         callback.on_trial_start(0, [], trial)
     callback.on_trial_result(0, [], logged, {"epoch": 1, "val_acc": 0.4})
-    ids = {t.trial_id: callback.child_run(t) for t in (known, empty, logged)}
+    ids = {t.trial_id: callback.runs.child_run(t) for t in (known, empty, logged)}
 
     resumed = _callback(tmp_path)
     resumed.setup()
@@ -99,10 +101,10 @@ def test_after_listing_the_children_a_known_trial_goes_on_in_its_run_and_a_new_o
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("unit").experiment_id
-    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{resumed.parent_run_id}'")
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{resumed.runs.parent_run_id}'")
     by_trial = {run.data.tags["fsl.trial_id"]: run for run in children}
     assert sorted(by_trial) == ["new", "old"] and len(children) == 2
-    assert by_trial["old"].info.run_id == first.child_run(old)
+    assert by_trial["old"].info.run_id == first.runs.child_run(old)
     assert [m.step for m in client.get_metric_history(by_trial["old"].info.run_id, "val_acc")] == [1, 2]
     for run in children:
         assert run.info.status == "FINISHED"
@@ -158,7 +160,7 @@ def test_a_trial_run_keeps_every_node_it_ran_on_across_driver_processes(tmp_path
     again = _callback(tmp_path)
     again.setup()
     again.on_trial_result(0, [], trial, {"epoch": 3, "val_acc": 0.7, "node_id": "node-b"})
-    run = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(callback.child_run(trial))
+    run = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(callback.runs.child_run(trial))
     assert run.data.tags["fsl.nodes"] == "node-a,node-b"
 
 
@@ -169,7 +171,7 @@ def test_a_lock_after_a_child_run_is_created_does_not_create_it_twice(tmp_path: 
     callback.setup()
     trial = _trial("t1")
     callback.on_step_begin(0, [trial])  # the study's first step lists the children: a new trial is created unsearched
-    client = callback.client
+    client = callback.runs.client
     other = sqlite3.connect(tmp_path / "mlflow.db", timeout=30, isolation_level=None, check_same_thread=False)
     create_run = client.create_run
 
@@ -181,15 +183,34 @@ def test_a_lock_after_a_child_run_is_created_does_not_create_it_twice(tmp_path: 
 
     def release_when_seen() -> None:
         deadline = time.monotonic() + 120
-        while not callback._lock_warned and time.monotonic() < deadline:  # the callback met the lock
+        while not callback.queue.lock_warned and time.monotonic() < deadline:  # the callback met the lock
             time.sleep(0.05)
         other.execute("ROLLBACK")
 
     client.create_run = create_then_lock
     callback.on_trial_start(0, [], trial)
     client.create_run = create_run
-    assert callback._lock_warned
+    assert callback.queue.lock_warned
     runs = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_runs(
-        [callback.experiment_id], f"tags.`mlflow.parentRunId` = '{callback.parent_run_id}'"
+        [callback.runs.experiment_id], f"tags.`mlflow.parentRunId` = '{callback.runs.parent_run_id}'"
     )
     assert len(runs) == 1 and runs[0].data.params["lr"] == "0.001"
+
+
+def test_a_callback_pickled_before_the_recorder_split_still_loads_and_finds_its_runs(tmp_path: Path):
+    """Tune saved the callback's own fields (tuner.pkl) before they moved into a StudyRecord: a sync of such a
+    study unpickles that state and writes into the same parent run."""
+    callback = _callback(tmp_path)
+    callback.setup()
+    old_state = {
+        **{name: getattr(callback.record, name) for name in ("tracking_uri", "experiment", "study_name", "searched")},
+        **{name: getattr(callback.record, name) for name in ("study_path", "study_params", "study_metrics", "metric")},
+        "results_dir": callback.results_dir,
+        "tags": {},
+        "trial_tags": (),  # no cell_label: older still
+    }
+    restored = MLflowStudyCallback.__new__(MLflowStudyCallback)
+    restored.__setstate__(old_state)
+    assert restored.record == callback.record and restored.results_dir == callback.results_dir
+    assert restored.runs.ensure_parent() == callback.runs.parent_run_id
+    assert pickle.loads(pickle.dumps(restored)).record == callback.record

@@ -501,18 +501,17 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
 
 
 def study_outcome(plan: StudyPlan) -> StudyOutcome:
-    from mlflow import MlflowClient
-
-    from fsl.tracking.mlflow_callback import find_study_run
+    from fsl.tracking.run_store import RunStore
     from fsl.tracking.uri import failure_reason
 
     results_csv = plan.results_dir / RESULTS_CSV
     table = pd.read_csv(results_csv) if results_csv.is_file() else pd.DataFrame()
     best = best_row(table, plan.metric)
-    client = MlflowClient(plan.options.tracking_uri)
+    store = RunStore.at(plan.options.tracking_uri)
     try:
-        experiment = client.get_experiment_by_name(plan.options.experiment)
-        parent = find_study_run(client, experiment.experiment_id, plan.options.study_path) if experiment else None
+        experiment = store.client.get_experiment_by_name(plan.options.experiment)
+        found = store.study_run(experiment.experiment_id, plan.options.study_path) if experiment else None
+        parent = found.info.run_id if found else None
     except Exception as err:  # the store is away: the study's results are in its folder all the same
         return StudyOutcome(table, best, results_csv, None, None, tracking_error=failure_reason(err))
     return StudyOutcome(table, best, results_csv, parent, experiment.experiment_id if experiment else None)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fsl.tracking.mlflow_callback import MLflowStudyCallback, set_driver_env_defaults
+from fsl.tracking.mlflow_callback import MLflowStudyCallback
+from fsl.tracking.outage import set_driver_env_defaults
 from fsl.tracking.uri import failure_reason
 
 TUNER_STATE = "tuner.pkl"
@@ -87,23 +88,20 @@ def sync_study(study_path: str, tracking_uri: str | None = None) -> SyncReport:
 
     set_driver_env_defaults()
     callback = load_study_callback(study_path)
-    if tracking_uri:
-        callback.tracking_uri = tracking_uri
-    callback.replaying = True
     try:
-        callback.with_lock_retry(callback.ensure_parent)
+        callback.start_replay(tracking_uri)
     except Exception as err:  # MLflow raises many types for a store that does not answer
-        raise ValueError(f"MLflow at {callback.tracking_uri} failed: {failure_reason(err)}") from None
+        raise ValueError(f"MLflow at {callback.record.tracking_uri} failed: {failure_reason(err)}") from None
     trials = ExperimentAnalysis(study_path).trials
     for trial in trials:
         callback.replay_trial(trial, saved_results(trial))
     finished = all(trial.status in FINAL for trial in trials)
     if finished:
         callback.replay_end(trials)
-    counts = callback.counts
+    counts = callback.runs.counts
     return SyncReport(
-        study_name=callback.study_name,
-        tracking_uri=callback.tracking_uri,
+        study_name=callback.record.study_name,
+        tracking_uri=callback.record.tracking_uri,
         trials=len(trials),
         children_created=counts["children"],
         epochs_logged=counts["epochs"],
