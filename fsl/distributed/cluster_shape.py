@@ -2,14 +2,13 @@
 
 A study attached to an autoscaling cluster must not size itself to the nodes that happen to be up when it starts:
 the trials it leaves pending are the demand that makes Ray's autoscaler add nodes. What the cluster can grow to
-comes from the autoscaler's node types, read from (in this order)
-
-- Ray's own record of them in the GCS (clusters whose autoscaler reports its config, e.g. KubeRay; Ray Train reads
-  the same record for its own feasibility check), then
-- the cluster launcher's config on the head node, ``~/ray_bootstrap_config.yaml``, which `ray up` writes there and
-  Ray's autoscaler runs from (Ray Tune checks the same file to tell an autoscaling cluster), or the file given by
-  $FSL_AUTOSCALER_CONFIG (a driver that does not run on the head, or a cluster started by hand with
-  ``ray start --autoscaling-config``).
+comes from the autoscaler's node types, read from the cluster launcher's config on the head node,
+``~/ray_bootstrap_config.yaml``, which `ray up` writes there and Ray's autoscaler runs from (Ray Tune checks the
+same file to tell an autoscaling cluster), or from the file given by $FSL_AUTOSCALER_CONFIG: a driver that does
+not run on the head, a cluster started by hand with ``ray start --autoscaling-config``, or one whose autoscaler
+runs elsewhere (KubeRay: a file with the same ``available_node_types`` and ``max_workers`` as its worker groups).
+Ray keeps its own record of the node groups in the GCS, but reads it only through private modules
+(``ray._private.state``), which this project does not use: they change without notice between Ray releases.
 
 The arithmetic is pure and works on plain dicts, so it is tested against hand-computed cases.
 """
@@ -142,19 +141,6 @@ def launcher_node_types(config: Mapping[str, Any]) -> tuple[NodeType, ...]:
     return tuple(shapes)
 
 
-def _from_gcs() -> tuple[NodeType, ...]:
-    """Ray's record of the autoscaler's node groups, when its autoscaler reported one (needs ray.init)."""
-    from ray._private.state import state  # the accessor Ray Train's own feasibility check uses; no public API yet
-
-    config = state.get_cluster_config()
-    if config is None:
-        return ()
-    return tuple(
-        NodeType(group.name or f"group-{i}", {k: float(v) for k, v in group.resources.items()}, group.max_count)
-        for i, group in enumerate(config.node_group_configs)
-    )
-
-
 def _from_launcher_file() -> ClusterShape | None:
     import yaml
 
@@ -175,10 +161,4 @@ def _from_launcher_file() -> ClusterShape | None:
 def cluster_shape() -> ClusterShape | None:
     """The autoscaler's node types of the cluster Ray is attached to, or None when none are known (a cluster
     without an autoscaler, or one whose config this driver cannot see)."""
-    try:
-        gcs = _from_gcs()
-    except Exception:  # an older or newer Ray without the record: the launcher file may still tell
-        gcs = ()
-    if gcs:
-        return ClusterShape(gcs, "Ray's autoscaler config")
     return _from_launcher_file()
