@@ -15,13 +15,13 @@ import torch
 from conftest import tiny_study_argv
 from mlflow import MlflowClient
 
+from fsl.commands.protonet_ablations import main
 from fsl.data.episodes import FixedEpisodes, read_fixed_episodes
 from fsl.study.ablation import ABLATIONS, parse_cells
 from fsl.study.cell_search import CellSearch
 from fsl.study.space import Dimension
 from fsl.tracking.ablation_table import ablation_markdown, ablation_table
 from fsl.train.evaluate import paired_difference_ci95
-from studies.protonet_ablations import main
 
 # --- the math, against hand-computed values ------------------------------------------------------------
 
@@ -243,7 +243,7 @@ def test_table_accuracies_are_reproduced_from_the_logged_checkpoint_and_episodes
 
 @pytest.mark.ray
 def test_the_report_rebuilt_from_mlflow_holds_the_ablation_table(ablation, tmp_path: Path):
-    from studies.report import main as report
+    from fsl.commands.report import main as report
 
     out = tmp_path / "report"
     uri = mlflow.get_tracking_uri()

@@ -52,7 +52,7 @@ def driver():
 @pytest.fixture(scope="module")
 def study(local_ray, tiny_hw4_master: Path, tmp_path_factory, server):
     """A 2-trial study of 2 epochs on the tiny data, logged to the server; its runs as MLflow's API has them."""
-    from studies.protonet_search import main
+    from fsl.commands.protonet_search import main
 
     tmp = tmp_path_factory.mktemp("study")
     argv = tiny_study_argv(tiny_hw4_master, tmp, "browser-protonet", "browser-study")

@@ -12,8 +12,8 @@ import pytest
 from conftest import TINY_BYOL_PARAMS, TINY_CLASSIFIER_PARAMS, tiny_output_argv
 from mlflow import MlflowClient
 
-from studies.byol_search import main as byol_search
-from studies.office_settings import main as office_settings
+from fsl.commands.byol_search import main as byol_search
+from fsl.commands.office_settings import main as office_settings
 
 pytestmark = pytest.mark.ray
 

@@ -15,7 +15,7 @@ import torch
 from conftest import own_stderr, tiny_study_argv
 from PIL import Image
 
-from studies.protonet_search import main
+from fsl.commands.protonet_search import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -323,7 +323,7 @@ PREDICT_CHECKPOINTS = [
     ("saved", "message"), [c[1:] for c in PREDICT_CHECKPOINTS], ids=[c[0] for c in PREDICT_CHECKPOINTS]
 )
 def test_predict_refuses_a_checkpoint_of_another_architecture(tiny_hw4: Path, tmp_path: Path, capsys, saved, message):
-    from studies.protonet_predict import main as predict
+    from fsl.commands.protonet_predict import main as predict
 
     checkpoint = tmp_path / "other.pt"
     torch.save(saved(), checkpoint)
@@ -377,3 +377,38 @@ def test_help_documents_every_flag():
         "--seed",
     ):
         assert flag in run.stdout
+
+
+def _console_scripts() -> dict[str, str]:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+def test_every_study_is_an_installed_command_and_a_checkout_script():
+    """Each module under fsl/commands is a console entry point (pip install -e . puts it on PATH) and a thin
+    studies/<module>.py; each entry names a real main()."""
+    import importlib
+
+    scripts = _console_scripts()
+    modules = {target.split(":")[0].rsplit(".", 1)[1] for target in scripts.values()}
+    commands = {p.stem for p in (ROOT / "fsl" / "commands").glob("[a-z]*.py")}
+    assert modules == commands
+    assert {p.stem for p in (ROOT / "studies").glob("[a-z]*.py")} == commands
+    for target in scripts.values():
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function))
+
+
+def test_the_installed_command_runs_where_the_package_is_installed(tmp_path: Path):
+    """fsl-protonet-search, run from a folder outside the checkout, is the same study command."""
+    command = Path(sys.executable).parent / "fsl-protonet-search"
+    if not command.is_file():
+        pytest.skip(f"{command} is not installed (pip install -e . installs it)")
+    run = subprocess.run(
+        [str(command), "--data", str(tmp_path / "nowhere")], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert run.returncode == 2
+    assert run.stderr.strip() == f"error: {tmp_path / 'nowhere'}: data folder not found"
+    help_text = subprocess.run([str(command), "--help"], capture_output=True, text=True, timeout=120).stdout
+    assert help_text.startswith("usage: fsl-protonet-search ")

@@ -10,7 +10,7 @@ import mlflow
 import pytest
 from conftest import tiny_study_argv
 
-from studies.protonet_search import main
+from fsl.commands.protonet_search import main
 
 pytestmark = pytest.mark.ray
 

@@ -17,7 +17,7 @@ import pytest
 from conftest import tiny_study_argv
 from mlflow import MlflowClient
 
-from studies.protonet_search import main
+from fsl.commands.protonet_search import main
 
 pytestmark = pytest.mark.ray
 

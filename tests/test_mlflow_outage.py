@@ -20,6 +20,8 @@ from mlflow import MlflowClient
 from mlflow_server import start_mlflow_server
 from trial_holds import GUARD_S, TrialHolds
 
+from fsl.tracking.uri import sync_command
+
 pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,7 +166,7 @@ def test_a_stopped_server_is_replayed_by_sync_mlflow_once(tiny_hw4_master: Path,
     output = log.read_text()
     assert f"warning: MLflow at {server.url} failed" in output
     study_path = tmp_path / "results" / "outage"
-    assert f"run: python studies/sync_mlflow.py {study_path} --tracking-uri {server.url}" in output
+    assert f"run: {sync_command(str(study_path), server.url)}" in output
     table = pd.read_csv(study_path / "results.csv")
     assert len(table) == SAMPLES and (table["status"] == "TERMINATED").all()  # Ray kept every trial
 

@@ -78,11 +78,11 @@ def test_ddp_workers_of_one_trial_run_on_two_nodes_fed_by_the_object_store_only(
     and episodes from the object store, or the trial fails."""
     import ray
 
+    from fsl.commands.protonet_search import build_parser
     from fsl.study.cli import study_options
     from fsl.study.protonet_study import plan_study
     from fsl.study.runner import run_study
     from fsl.train.config import ProtoNetConfig
-    from studies.protonet_search import build_parser
 
     data = Path(shutil.copytree(tiny_hw4_master, tmp_path / "data"))
     cache = tmp_path / "cache"

@@ -12,8 +12,8 @@ import torch
 import torchvision
 from conftest import TINY_CLASSIFIER_PARAMS, tiny_output_argv
 
-from studies.byol_search import main as byol_search
-from studies.office_settings import main as office_settings
+from fsl.commands.byol_search import main as byol_search
+from fsl.commands.office_settings import main as office_settings
 
 
 def _office_argv(office: Path, tmp: Path, *extra: str) -> list[str]:
@@ -90,7 +90,7 @@ def test_bad_byol_params(tiny_hw4_master: Path, tmp_path: Path, capsys, params: 
 
 
 def test_resume_finds_a_settings_study_that_stopped_during_pre_training(tmp_path: Path):
-    from studies.office_settings import latest_settings_study
+    from fsl.commands.office_settings import latest_settings_study
 
     assert latest_settings_study(str(tmp_path / "none")) is None
     (tmp_path / "office-a-pretraining" / "office-a-byol").mkdir(parents=True)

@@ -18,11 +18,11 @@ from conftest import own_stderr, tiny_study_argv
 from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+from fsl.commands.report import main as report
 from fsl.tracking.importance import infer_distribution, param_importances
 from fsl.tracking.mlflow_callback import MLflowStudyCallback
 from fsl.tracking.report_figures import running_best
 from fsl.tracking.study_reader import names_in_run_names, parse_search_space, parse_values, study_metric
-from studies.report import main as report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SEARCHED = ("lr", "augment", "head_depth", "distance", "train_way")
@@ -126,7 +126,7 @@ def _figures(text: str) -> list[str]:
 @pytest.fixture(scope="module")
 def study(local_ray, tiny_hw4_master: Path, tmp_path_factory):
     """4 trials x 2 epochs on the tiny data; then Ray's results folder is deleted: only MLflow remains."""
-    from studies.protonet_search import main as protonet_search
+    from fsl.commands.protonet_search import main as protonet_search
 
     tmp = tmp_path_factory.mktemp("report")
     argv = tiny_study_argv(tiny_hw4_master, tmp, "report-protonet", "tiny") + [

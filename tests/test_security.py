@@ -78,7 +78,7 @@ def test_environment_and_credentials_are_never_logged_to_mlflow(tiny_hw4_master:
     from conftest import tiny_study_argv
     from mlflow import MlflowClient
 
-    from studies.protonet_search import main
+    from fsl.commands.protonet_search import main
 
     for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)

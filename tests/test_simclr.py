@@ -9,6 +9,7 @@ import pytest
 import torch
 import torchvision
 
+from fsl.commands.office_settings import build_parser
 from fsl.data.decoded import DecodedSplit
 from fsl.methods.simclr import SimCLR, nt_xent_loss
 from fsl.study.office_study import SETTINGS, parse_settings
@@ -19,7 +20,6 @@ from fsl.train.epochs import run_epochs
 from fsl.train.parallel import Placement
 from fsl.train.registry import METHODS, MethodEntry, self_supervised_methods
 from fsl.train.simclr_method import SimCLRConfig, SimCLRMethod
-from studies.office_settings import build_parser
 
 SIMCLR_TINY = SimCLRConfig(arch="resnet18", head_width=32, projection_dim=16, batch_size=8, epochs=2, image_size=16)
 CPU = Placement(torch.device("cpu"))

@@ -118,14 +118,14 @@ def test_ensure_makes_a_stand_in_once_and_finds_it_after(tmp_path: Path, monkeyp
     ],
 )
 def test_make_data_usage_errors_are_one_line(argv: list[str], message: str, capsys):
-    from studies.make_data import main
+    from fsl.commands.make_data import main
 
     assert main(argv) == 2
     assert capsys.readouterr().err.strip() == message
 
 
 def test_make_data_refuses_an_existing_out_folder(tmp_path: Path, capsys):
-    from studies.make_data import main
+    from fsl.commands.make_data import main
 
     (tmp_path / "office").mkdir()
     assert main(["--full-size", "--kind", "office", "--out", str(tmp_path)]) == 2

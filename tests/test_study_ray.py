@@ -9,8 +9,8 @@ import pytest
 from conftest import tiny_study_argv
 from mlflow import MlflowClient
 
+from fsl.commands.protonet_search import main
 from fsl.study.tune_state import KEEP_CHECKPOINTS
-from studies.protonet_search import main
 
 pytestmark = pytest.mark.ray
 
@@ -130,7 +130,7 @@ def test_trial_results_are_in_ray_storage(study):
 
 
 def test_predictions_from_the_best_checkpoint_reproduce_its_accuracy(study, tiny_hw4_master: Path, capsys):
-    from studies.protonet_predict import main as predict
+    from fsl.commands.protonet_predict import main as predict
 
     table = pd.read_csv(study["tmp"] / "results" / "tiny-study" / "results.csv")
     out = study["tmp"] / "pred.csv"

@@ -119,7 +119,7 @@ class TrialHolds:
     def run(self, argv: list[str]) -> int:
         """studies/protonet_search.py's study of these flags, in this process, with held trials; its exit status.
         Every hold is released when it ends, also by an error, so that no trial waits for ever."""
-        from studies.protonet_search import build_parser, plan_from_args, run_plan
+        from fsl.commands.protonet_search import build_parser, plan_from_args, run_plan
 
         plan = plan_from_args(build_parser().parse_args(argv))
         try:

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from fsl.tracking.uri import failure_reason, tracking_server_problem
+from fsl.tracking.uri import failure_reason, sync_command, tracking_server_problem
 
 RETRY_S = 15.0  # how often a study retries a tracking store that stopped answering
 LOCK_WAIT_S = 300.0  # how long one action waits for a SQLite store locked by another process
@@ -50,10 +50,6 @@ class _DropLockedErrors(logging.Filter):
 
 
 logging.getLogger("mlflow.store.db.utils").addFilter(_DropLockedErrors())
-
-
-def sync_command(study_path: str, tracking_uri: str) -> str:
-    return f"python studies/sync_mlflow.py {study_path} --tracking-uri {tracking_uri}"
 
 
 class WriteQueue:

@@ -80,12 +80,23 @@ def artifact_location_for(uri: str, experiment: str) -> str | None:
     return None
 
 
+def beside_python(command: str, fallback: str | None = None) -> str:
+    """A command installed beside this Python (the venv's bin/, often not on PATH), by its full path; else
+    `fallback` (or the bare name) for a shell to find."""
+    beside = Path(sys.executable).parent / command
+    return str(beside) if beside.is_file() else (fallback or command)
+
+
+def sync_command(study_path: str, tracking_uri: str) -> str:
+    """The command that replays a study's results into MLflow (fsl.commands.sync_mlflow)."""
+    sync = beside_python("fsl-sync-mlflow", fallback="python studies/sync_mlflow.py")
+    return f"{sync} {study_path} --tracking-uri {tracking_uri}"
+
+
 def ui_command(uri: str) -> str:
     """How to open the MLflow UI on this store, with the mlflow installed beside this Python (the venv's)."""
     if uri.startswith("sqlite:///"):
-        beside = Path(sys.executable).parent / "mlflow"
-        mlflow = str(beside) if beside.is_file() else "mlflow"
-        return f"{mlflow} ui --backend-store-uri {uri} --port 5000"
+        return f"{beside_python('mlflow')} ui --backend-store-uri {uri} --port 5000"
     return f"open {uri}"
 
 
