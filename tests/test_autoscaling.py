@@ -300,10 +300,10 @@ def test_a_local_storage_folder_another_node_cannot_see_is_refused_before_any_tr
     assert not (storage / "unseen").exists() and not list(storage.glob(".fsl-storage-check-*"))
 
 
-def test_ray_job_submit_runs_a_study_on_the_cluster_as_the_readme_does(cluster, tiny_hw4_master: Path, tmp_path: Path):
-    """The README's cluster commands on a real cluster: a second node joins with `ray start --address`, and
-    `ray job submit --working-dir .` runs the study's driver on the head from the uploaded code, attached with
-    `--address auto`, its trials on the nodes."""
+def test_ray_job_submit_runs_a_study_on_the_cluster_as_the_guide_does(cluster, tiny_hw4_master: Path, tmp_path: Path):
+    """The cluster guide's commands (docs/cluster.md) on a real cluster: a second node joins with `ray start
+    --address`, and `ray job submit --working-dir .` runs the study's driver on the head from the uploaded code,
+    attached with `--address auto`, its trials on the nodes."""
     import ray
 
     second = _start_node(cluster, "second-node", "--num-cpus=1 --num-gpus=0")

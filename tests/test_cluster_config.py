@@ -1,6 +1,6 @@
-"""cluster.yaml and cluster-onprem.yaml as Ray's cluster launcher reads them, and the README's "Running on a
-cluster" commands against the CLIs they call. Nothing here needs a cloud account or starts Ray: launching, IAM,
-S3 and the machine image can only be checked on AWS itself."""
+"""cluster.yaml and cluster-onprem.yaml as Ray's cluster launcher reads them, and the cluster guide's "Running on
+a cluster" commands (docs/cluster.md, linked from the README) against the CLIs they call. Nothing here needs a
+cloud account or starts Ray: launching, IAM, S3 and the machine image can only be checked on AWS itself."""
 
 from __future__ import annotations
 
@@ -257,13 +257,21 @@ def test_the_aws_cluster_has_a_cpu_head_and_gpu_workers():
     assert all(t["min_workers"] <= t["max_workers"] <= config["max_workers"] for t in workers.values())
 
 
-# --- the README's commands ------------------------------------------------------------------------------------
+# --- the cluster guide's commands (docs/cluster.md) -----------------------------------------------------------
+
+
+CLUSTER_GUIDE = ROOT / "docs" / "cluster.md"
 
 
 def cluster_section() -> str:
-    readme = (ROOT / "README.md").read_text()
-    assert "\n## Running on a cluster\n" in readme
-    return readme.split("\n## Running on a cluster\n", 1)[1].split("\n## ", 1)[0]
+    """The "Running on a cluster" section of the cluster guide, up to the next section."""
+    guide = CLUSTER_GUIDE.read_text()
+    assert "\n## Running on a cluster\n" in guide
+    return guide.split("\n## Running on a cluster\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_readme_links_the_cluster_guide():
+    assert "](docs/cluster.md)" in (ROOT / "README.md").read_text()
 
 
 def shell_lines(section: str) -> list[str]:
@@ -342,13 +350,13 @@ def study_calls() -> list[tuple[str, list[str]]]:
     return found
 
 
-def test_every_ray_command_and_option_in_the_readme_exists():
+def test_every_ray_command_and_option_in_the_guide_exists():
     calls = ray_calls()
     names = {" ".join(path) for path, _ in calls}
     assert {"up", "down", "job submit", "job logs", "get-head-ip", "dashboard"} <= names
 
 
-def test_the_readme_lists_the_commands_in_order():
+def test_the_guide_lists_the_commands_in_order():
     order = [" ".join(path) for path, _ in ray_calls()]
     steps = ["get-auth-token", "up", "job submit", "job logs", "rsync-down", "down"]
     firsts = [order.index(step) for step in steps]
@@ -365,22 +373,23 @@ def test_the_aws_steps_neither_wait_for_a_gpu_node_nor_copy_an_address_by_hand()
     assert addresses <= {"127.0.0.1"}, f"addresses to fill in by hand: {addresses - {'127.0.0.1'}}"
 
 
-def test_every_study_flag_in_the_readme_exists():
+def test_every_study_flag_in_the_guide_exists():
     calls = study_calls()
     assert calls, "the section should submit a study"
     for script, args in calls:
         assert (ROOT / script).is_file(), script
-        parser = importlib.import_module(f"studies.{Path(script).stem}").build_parser()
+        # studies/<name>.py is a thin wrapper of the installed command fsl.commands.<name>, which owns the parser
+        parser = importlib.import_module(f"fsl.commands.{Path(script).stem}").build_parser()
         for arg in args:
             if arg.startswith("--"):
                 assert arg.split("=")[0] in parser._option_string_actions, f"{script} has no option {arg}"
         try:
             parser.parse_args(args)
         except SystemExit:
-            pytest.fail(f"{script} rejects the README's arguments {args}")
+            pytest.fail(f"{script} rejects the guide's arguments {args}")
 
 
-def test_the_readme_mlflow_command_exists():
+def test_the_guide_mlflow_command_exists():
     from mlflow.cli import cli
 
     calls = [call for line in shell_lines(cluster_section()) for call in invocations(line, "mlflow")]
@@ -393,18 +402,18 @@ def test_the_readme_mlflow_command_exists():
             pytest.fail(f"`{shlex.join(argv)}`: {err.format_message()}")
 
 
-def test_the_readme_fills_in_every_placeholder_of_cluster_yaml():
-    """The template's placeholders (none once a user has filled them in) are all replaced by the README's sed."""
+def test_the_guide_fills_in_every_placeholder_of_cluster_yaml():
+    """The template's placeholders (none once a user has filled them in) are all replaced by the guide's sed."""
     placeholders = {m.group(0) for text in strings(load("cluster.yaml")) for m in PLACEHOLDER.finditer(text)}
     replaced = set()
     for line in shell_lines(cluster_section()):
         if line.startswith("sed ") and "cluster.yaml" in line:
             replaced |= {m.group(1) for m in re.finditer(r"s/([^/]+)/", line)}
     assert replaced == {"YOUR-BUCKET", "ami-REPLACE-ME"}
-    assert placeholders <= replaced, f"cluster.yaml has placeholders the README leaves: {placeholders - replaced}"
+    assert placeholders <= replaced, f"cluster.yaml has placeholders the guide leaves: {placeholders - replaced}"
 
 
-def test_the_readme_example_study_fits_the_cluster_it_can_grow_to():
+def test_the_guide_example_study_fits_the_cluster_it_can_grow_to():
     """The cluster starts with no GPU worker and grows for the study's pending trials, so the AWS example's trial
     must fit one of cluster.yaml's node types (the check the study itself makes when it attaches); and it must
     log to the port MLflow listens on."""
@@ -413,7 +422,7 @@ def test_the_readme_example_study_fits_the_cluster_it_can_grow_to():
     config = load("cluster.yaml")
     submits = [ctx for path, ctx in ray_calls() if path == ["job", "submit"]]
     entry = list(submits[0].params["entrypoint"])  # the first one is the AWS example
-    parser = importlib.import_module("studies.protonet_search").build_parser()
+    parser = importlib.import_module("fsl.commands.protonet_search").build_parser()
     args = parser.parse_args(entry[2:])
     assert args.storage.startswith("s3://"), "nodes share the study through S3"
     assert args.gpus_per_worker > 0, "the example runs on the GPU workers"

@@ -100,13 +100,13 @@ def test_node_types_of_the_projects_cluster_yaml():
             assert types[name].resources == {k: float(v) for k, v in spec["resources"].items()}
 
 
-def test_the_readme_example_on_cluster_yaml_keeps_four_trials_going():
+def test_the_guide_example_on_cluster_yaml_keeps_four_trials_going():
     """4 workers of 1 GPU on cluster.yaml: at most 4 worker nodes, whose best mix (one gpu-8x, two gpu-4x, one
-    gpu-1x) has 17 GPUs, which hold 4 such trials. The README says so."""
+    gpu-1x) has 17 GPUs, which hold 4 such trials. The cluster guide (docs/cluster.md) says so."""
     config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
     types = launcher_node_types(config)
     assert growth_ceiling({"CPU": 1.0, "GPU": 1.0}, 4, types, config["max_workers"]) == 4
-    assert "keeps 4 trials going at once" in (ROOT / "README.md").read_text()
+    assert "keeps 4 trials going at once" in (ROOT / "docs" / "cluster.md").read_text()
 
 
 def test_the_global_max_workers_caps_each_worker_type():
