@@ -95,6 +95,25 @@ def tiny_study_argv(data: Path, tmp: Path, experiment: str, study: str | None = 
     return argv + (["--study-name", study] if study else [])
 
 
+# What the libraries print when they start (Ray, Tune, Optuna, MLflow): a study shows none of it without -v.
+LIBRARY_CHATTER = (
+    "Token authentication is enabled",
+    "Started a local Ray instance",
+    "Configuration for experiment",
+    "View detailed results here",
+    "tensorboard --logdir",
+    "A new study created",
+    "Creating initial MLflow database",
+    " INFO ",
+)
+
+
+def assert_quiet(output: str) -> None:
+    """Only the study's own lines: none of LIBRARY_CHATTER."""
+    noisy = [line for line in output.splitlines() if any(marker in line for marker in LIBRARY_CHATTER)]
+    assert not noisy, "library chatter on the console:\n" + "\n".join(noisy)
+
+
 def write_tiny_office(root: Path, seed: int = 0) -> Path:
     """An Office-Home-like HW4 folder: 6 classes, 6 train and 3 val images each, at 16 px."""
     from fsl.data.demo import write_office_demo_dataset

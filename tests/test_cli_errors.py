@@ -412,3 +412,14 @@ def test_the_installed_command_runs_where_the_package_is_installed(tmp_path: Pat
     assert run.stderr.strip() == f"error: {tmp_path / 'nowhere'}: data folder not found"
     help_text = subprocess.run([str(command), "--help"], capture_output=True, text=True, timeout=120).stdout
     assert help_text.startswith("usage: fsl-protonet-search ")
+
+
+def test_mlflow_experiment_name_is_honoured_and_a_flag_overrides_it(monkeypatch):
+    from fsl.commands.protonet_search import build_parser
+
+    assert build_parser().parse_args([]).experiment == "protonet"
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "my-lab")
+    assert build_parser().parse_args([]).experiment == "my-lab"
+    assert build_parser().parse_args(["--experiment", "other"]).experiment == "other"
+    args = build_parser().parse_args(["--ui-port", "5077", "-v"])
+    assert (args.ui_port, args.verbose) == (5077, True)

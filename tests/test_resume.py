@@ -17,7 +17,7 @@ import mlflow
 import optuna
 import pandas as pd
 import pytest
-from conftest import tiny_study_argv
+from conftest import assert_quiet, tiny_study_argv
 from trial_holds import GUARD_S, TrialHolds
 
 pytestmark = pytest.mark.ray
@@ -114,6 +114,8 @@ def test_resume_after_the_driver_is_killed(tiny_hw4_master: Path, tmp_path: Path
         timeout=GUARD_S,
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert_quiet(resumed.stdout + resumed.stderr)  # the study's own lines, from a real command, no chatter
+    assert "Best trial" in resumed.stdout
 
     children = _children(uri)
     assert len(children) == SAMPLES and children["tags.fsl.trial_id"].nunique() == SAMPLES

@@ -141,6 +141,9 @@ def test_the_ui_link_points_at_the_tracking_server_or_the_local_ui():
     line = open_ui_line("sqlite:////tmp/x/mlflow.db", "1")
     assert "ui --backend-store-uri sqlite:////tmp/x/mlflow.db --port 5000" in line
     assert line.endswith("then http://127.0.0.1:5000/#/experiments/1/runs")
+    # --ui-port: 5000 is taken by AirPlay on macOS.
+    line = open_ui_line("sqlite:////tmp/x/mlflow.db", "1", 5077)
+    assert "--port 5077  then http://127.0.0.1:5077/#/experiments/1/runs" in line
 
 
 def test_the_nodes_of_a_result_are_every_rank_s_node_once_in_order():

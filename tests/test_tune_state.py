@@ -28,3 +28,14 @@ def test_the_study_s_tune_variables_hold_for_its_run_only_and_never_replace_the_
     with study_tune_env(12, resume=False):
         assert os.environ["TUNE_GLOBAL_CHECKPOINT_S"] == "30"
     assert os.environ["TUNE_GLOBAL_CHECKPOINT_S"] == "30"
+
+
+def test_tune_s_own_console_output_is_off_unless_verbose(monkeypatch):
+    """Tune's newer output prints a configuration box, the results folder and a TensorBoard hint even at
+    verbose=0; a study runs it with the older, silent one unless -v."""
+    monkeypatch.delenv("RAY_AIR_NEW_OUTPUT", raising=False)
+    with study_tune_env(12, resume=False):
+        assert os.environ["RAY_AIR_NEW_OUTPUT"] == "0"
+    assert "RAY_AIR_NEW_OUTPUT" not in os.environ
+    with study_tune_env(12, resume=False, verbose=True):
+        assert "RAY_AIR_NEW_OUTPUT" not in os.environ

@@ -2,6 +2,7 @@
 passes to ray.init reaches a real Ray worker's environment at its start (where glibc reads it), and a value the
 user set wins over the default."""
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -26,8 +27,14 @@ def test_defaults_unless_the_user_set_a_variable():
 
 def test_a_cluster_address_gets_the_same_worker_environment():
     args = ray_init_args(StudyOptions("s", "/tmp/x", "sqlite:///x.db", address="10.0.0.5:6379"))
-    assert args == {"address": "10.0.0.5:6379", "runtime_env": {"env_vars": worker_env_vars()}}
+    assert args == {
+        "address": "10.0.0.5:6379",
+        "runtime_env": {"env_vars": worker_env_vars()},
+        "logging_level": logging.WARNING,  # Ray's INFO start-up lines only with -v (fsl.study.console)
+    }
     assert args["runtime_env"] == worker_runtime_env()
+    verbose = StudyOptions("s", "/tmp/x", "sqlite:///x.db", address="10.0.0.5:6379", verbose=True)
+    assert ray_init_args(verbose)["logging_level"] == logging.INFO
 
 
 def test_a_study_worker_starts_with_the_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -166,7 +166,7 @@ def report(plan: AblationPlan, outcome) -> int:  # noqa: ANN001
     print(
         f"MLflow: {s.tracking_uri}, experiment {s.experiment!r}, parent run {s.study_name!r} ({outcome.parent_run_id})"
     )
-    print(open_ui_line(s.tracking_uri, outcome.experiment_id))
+    print(open_ui_line(s.tracking_uri, outcome.experiment_id, s.ui_port))
     return 0
 
 

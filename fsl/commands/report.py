@@ -28,7 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)",
     )
-    parser.add_argument("--experiment", default=None, help="MLflow experiment name (default: any experiment)")
+    parser.add_argument(
+        "--experiment",
+        default=os.environ.get("MLFLOW_EXPERIMENT_NAME"),
+        help="MLflow experiment name (default $MLFLOW_EXPERIMENT_NAME, else any experiment)",
+    )
     parser.add_argument(
         "--study",
         default=None,

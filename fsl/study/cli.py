@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from typing import Any
@@ -89,7 +90,11 @@ def add_output_args(parser: argparse.ArgumentParser, experiment: str, prefix: st
         default=None,
         help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)",
     )
-    output.add_argument("--experiment", default=experiment, help=f"MLflow experiment name (default {experiment})")
+    output.add_argument(
+        "--experiment",
+        default=os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment,
+        help=f"MLflow experiment name (default $MLFLOW_EXPERIMENT_NAME, else {experiment})",
+    )
     output.add_argument(
         "--study-name",
         default=None,
@@ -99,6 +104,12 @@ def add_output_args(parser: argparse.ArgumentParser, experiment: str, prefix: st
         "--resume",
         action="store_true",
         help="continue an interrupted study (the named one, or the latest under --storage)",
+    )
+    output.add_argument(
+        "--ui-port", type=int, default=5000, help="the port in the printed `mlflow ui` command (default 5000)"
+    )
+    output.add_argument(
+        "-v", "--verbose", action="store_true", help="also print Ray's, Tune's, Optuna's and MLflow's own log lines"
     )
 
 
@@ -131,6 +142,8 @@ def study_options(args: argparse.Namespace, prefix: str, grace_period: int | Non
         seed=args.seed,
         warm_start=getattr(args, "warm_start", None),
         grace_period=grace_period,
+        verbose=args.verbose,
+        ui_port=args.ui_port,
     )
 
 
@@ -195,5 +208,5 @@ def print_outcome(plan: Any, outcome: Any) -> int:
     print(
         f"MLflow: {s.tracking_uri}, experiment {s.experiment!r}, parent run {s.study_name!r} ({outcome.parent_run_id})"
     )
-    print(open_ui_line(s.tracking_uri, outcome.experiment_id))
+    print(open_ui_line(s.tracking_uri, outcome.experiment_id, s.ui_port))
     return 0

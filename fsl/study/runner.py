@@ -53,6 +53,8 @@ class StudyOptions:
     # A single-worker trial's process runs the next trial (Tune's reuse_actors); False starts one per trial.
     reuse_trial_processes: bool = True
     warm_start: str | None = None  # an earlier study under the same storage whose finished trials seed the sampler
+    verbose: bool = False  # the libraries' INFO logs and Tune's own output too (fsl.study.console)
+    ui_port: int = 5000  # the port of the printed `mlflow ui` command
 
     @property
     def study_path(self) -> str:
@@ -249,11 +251,12 @@ def ray_init_args(options: StudyOptions) -> dict[str, Any]:
     dashboard, which gives users the Ray UI and Ray Train its State API); either way every process of the
     study's job (trials, Ray Train workers) starts with the training allocator settings."""
     from fsl.distributed.worker_env import worker_runtime_env
+    from fsl.study.console import ray_logging_level
 
-    runtime_env = worker_runtime_env()
+    common = {"runtime_env": worker_runtime_env(), "logging_level": ray_logging_level(options.verbose)}
     if options.address:
-        return {"address": options.address, "runtime_env": runtime_env}
-    return {"num_cpus": options.num_cpus, "runtime_env": runtime_env}
+        return {"address": options.address, **common}
+    return {"num_cpus": options.num_cpus, **common}
 
 
 def study_trial(
@@ -407,6 +410,7 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
     from fsl.distributed.placement_groups import ReleaseTrainPlacementGroups
     from fsl.distributed.train_trial import SharedData
     from fsl.study.capacity import check_storage_on_every_node, concurrency
+    from fsl.study.console import quiet_libraries
     from fsl.study.divergence import NoRetryAfterDivergence
     from fsl.study.optuna_store import quiet_optuna, read_warm_start
     from fsl.study.progress import ProgressPrinter
@@ -420,6 +424,7 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
     from fsl.tracking.provenance import dataset_hash
 
     s = plan.options
+    quiet_libraries(s.verbose)
     data_hash = dataset_hash(plan.shared)
     warm = None
     if s.warm_start:  # read and checked before Ray starts
@@ -488,7 +493,7 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
         )
     take_expired()
     # Optuna's INFO line on reopening the study's storage; the study prints its own lines
-    with quiet_optuna(), study_tune_env(plan.total_trials, s.resume):
+    with quiet_optuna(), study_tune_env(plan.total_trials, s.resume, s.verbose):
         tuner.fit()
     if (expired := take_expired()) is not None:
         raise StudyWaitedTooLong(

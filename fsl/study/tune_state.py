@@ -36,7 +36,8 @@ def snapshot_period_s(planned_trials: int) -> int:
     return max(1, -(-planned_trials // TRIALS_PER_PERIOD_S))
 
 
-def tune_env(planned_trials: int, resume: bool) -> dict[str, str]:
+def tune_env(planned_trials: int, resume: bool, verbose: bool = False) -> dict[str, str]:
+    from fsl.study.console import tune_output_env
     from fsl.study.waiting import QUIET_TUNE_WAIT_WARNING
 
     env = {
@@ -44,6 +45,7 @@ def tune_env(planned_trials: int, resume: bool) -> dict[str, str]:
         # A trial that checkpoints twice within one period forces a save; Tune would warn each time.
         "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
         **QUIET_TUNE_WAIT_WARNING,
+        **tune_output_env(verbose),
     }
     # A new study passes Tune's JsonLoggerCallback itself (trial_loggers); without this, Tune adds its CSV and
     # TensorBoard loggers too. A resumed study runs with the callbacks it was saved with, and one saved by an
@@ -54,10 +56,10 @@ def tune_env(planned_trials: int, resume: bool) -> dict[str, str]:
 
 
 @contextmanager
-def study_tune_env(planned_trials: int, resume: bool) -> Iterator[None]:
+def study_tune_env(planned_trials: int, resume: bool, verbose: bool = False) -> Iterator[None]:
     """Tune's variables for one study's run, each unless the user set it; put back afterwards, so the next study in
     the same process (a test, a notebook) gets its own period."""
-    ours = {key: value for key, value in tune_env(planned_trials, resume).items() if key not in os.environ}
+    ours = {key: value for key, value in tune_env(planned_trials, resume, verbose).items() if key not in os.environ}
     os.environ.update(ours)
     try:
         yield

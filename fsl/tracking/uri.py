@@ -93,23 +93,24 @@ def sync_command(study_path: str, tracking_uri: str) -> str:
     return f"{sync} {study_path} --tracking-uri {tracking_uri}"
 
 
-def ui_command(uri: str) -> str:
+def ui_command(uri: str, port: int = 5000) -> str:
     """How to open the MLflow UI on this store, with the mlflow installed beside this Python (the venv's)."""
     if uri.startswith("sqlite:///"):
-        return f"{beside_python('mlflow')} ui --backend-store-uri {uri} --port 5000"
+        return f"{beside_python('mlflow')} ui --backend-store-uri {uri} --port {port}"
     return f"open {uri}"
 
 
-def runs_page(uri: str, experiment_id: str | None) -> str:
+def runs_page(uri: str, experiment_id: str | None, port: int = 5000) -> str:
     """The experiment's runs table in the UI: on the server itself, or on the `mlflow ui` of ui_command."""
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
     return f"{base}/#/experiments/{experiment_id}/runs"
 
 
-def open_ui_line(uri: str, experiment_id: str | None) -> str:
+def open_ui_line(uri: str, experiment_id: str | None, port: int = 5000) -> str:
+    """The summary's last line; `port` (--ui-port) for a local store's `mlflow ui` (5000 is AirPlay's on macOS)."""
     if uri.startswith(("http://", "https://")):
         return f"  open the UI: {runs_page(uri, experiment_id)}"
-    return f"  open the UI: {ui_command(uri)}  then {runs_page(uri, experiment_id)}"
+    return f"  open the UI: {ui_command(uri, port)}  then {runs_page(uri, experiment_id, port)}"
 
 
 def resolve_checkpoint(checkpoint: str, tracking_uri: str | None, flag: str = "--checkpoint") -> Path:
