@@ -113,6 +113,33 @@ def test_resuming_a_finished_study_changes_nothing(study, capsys):
     assert "Best trial" in capsys.readouterr().out
 
 
+def test_every_run_has_the_study_s_datasets_once_and_mlflow_s_source_tags(study, tiny_hw4_master: Path):
+    """After the study and its resume: the parent and each child hold train, val and the fixed episodes as
+    MLflow dataset inputs (one each), which MLflow's own dataset filter finds; Source and Version are set."""
+    client = MlflowClient(study["uri"])
+    runs = _runs(study["uri"])
+    assert len(runs) == 6
+    folder = tiny_hw4_master.name
+    for run_id in runs["run_id"]:
+        inputs = client.get_run(run_id).inputs.dataset_inputs
+        seen = {(i.dataset.name, {t.key: t.value for t in i.tags}["mlflow.data.context"]) for i in inputs}
+        assert len(inputs) == 3 and seen == {
+            (f"{folder}/train", "training"),
+            (f"{folder}/val", "evaluation"),
+            (f"{folder}/val_testcase", "evaluation"),
+        }, seen
+        episodes = next(i.dataset for i in inputs if i.dataset.name.endswith("val_testcase"))
+        assert json.loads(episodes.source)["uri"] == str((tiny_hw4_master / "val_testcase.csv").resolve())
+    experiment = client.get_experiment_by_name("test-protonet").experiment_id
+    found = client.search_runs([experiment], f"dataset.name = '{folder}/train' AND dataset.context = 'training'")
+    assert {r.info.run_id for r in found} == set(runs["run_id"])
+    digests = {i.dataset.digest for i in client.get_run(runs["run_id"][0]).inputs.dataset_inputs}
+    assert len(digests) == 3 and all(len(d) == 16 for d in digests)
+    commit = runs["tags.mlflow.source.git.commit"]
+    assert commit.notna().all() and commit.nunique() == 1 and len(commit.iloc[0]) == 40
+    assert (runs["tags.mlflow.source.type"] == "LOCAL").all() and runs["tags.mlflow.source.name"].notna().all()
+
+
 def test_trial_results_are_in_ray_storage(study):
     study_dir = study["tmp"] / "results" / "tiny-study"
     trial_dirs = sorted(study_dir.glob("trial-*"))

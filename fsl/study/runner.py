@@ -275,8 +275,9 @@ def study_trial(
 
 
 def build_callback(plan: StudyPlan, cluster_resources: dict[str, float], data_hash: str) -> Any:
+    from fsl.tracking.datasets import study_datasets
     from fsl.tracking.mlflow_callback import MLflowStudyCallback
-    from fsl.tracking.provenance import code_version, hardware
+    from fsl.tracking.provenance import code_version, hardware, source_tags
 
     s, base = plan.options, plan.base
     searched = "; ".join(f"{n}={d.describe()}" for n, d in plan.space.items())
@@ -293,6 +294,8 @@ def build_callback(plan: StudyPlan, cluster_resources: dict[str, float], data_ha
         **plan.study_params,
         **{k: v for k, v in base.to_dict().items() if k not in plan.shown},  # what every trial shares
     }
+    episodes_file = plan.study_params.get("episodes_file")
+    episodes_file = Path(episodes_file) if episodes_file else None
     baseline = {}
     if plan.baseline is not None:
         baseline = {f"untrained_{plan.metric}": plan.baseline[0], f"untrained_{plan.metric}_ci95": plan.baseline[1]}
@@ -311,10 +314,12 @@ def build_callback(plan: StudyPlan, cluster_resources: dict[str, float], data_ha
             "fsl.dataset_hash": data_hash,
             "fsl.code_version": code_version(),
             "fsl.hardware": hardware(cluster_resources),
+            **source_tags(),
             **plan.tags,
         },
         trial_tags=plan.trial_tags,
         cell_label=plan.cells.label if plan.cells else None,
+        datasets=study_datasets(plan.shared, plan.data_root, episodes_file),
     )
 
 

@@ -34,6 +34,7 @@ class MLflowStudyCallback(Callback):
         tags: dict[str, str] | None = None,
         trial_tags: tuple[str, ...] = (),
         cell_label: str | None = None,
+        datasets: tuple[dict[str, Any], ...] = (),
     ) -> None:
         self.record = StudyRecord(
             tracking_uri=tracking_uri,
@@ -47,6 +48,7 @@ class MLflowStudyCallback(Callback):
             tags=dict(tags or {}),
             trial_tags=tuple(trial_tags),
             cell_label=cell_label,
+            datasets=tuple(datasets),
         )
         self.results_dir = results_dir
         self._start()

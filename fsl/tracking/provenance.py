@@ -48,6 +48,27 @@ def code_version(root: Path = PROJECT_ROOT) -> str:
     return commit.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
 
 
+def source_tags(root: Path = PROJECT_ROOT) -> dict[str, str]:
+    """MLflow's standard source tags, as its own runs get them (mlflow.source.name: the command; type; git
+    commit and branch), so that the UI's Source and Version columns fill. The commit of this package's
+    checkout is used when the command was not started from one (an installed console script)."""
+    from mlflow.tracking.context.registry import resolve_tags
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER
+
+    tags = {k: v for k, v in resolve_tags({}).items() if k.startswith("mlflow.source.") or k == MLFLOW_USER}
+    tags.setdefault(MLFLOW_SOURCE_TYPE, "LOCAL")
+    if MLFLOW_GIT_COMMIT not in tags:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):  # no git: the Version column stays empty
+            commit = None
+        if commit is not None and commit.returncode == 0 and commit.stdout.strip():
+            tags[MLFLOW_GIT_COMMIT] = commit.stdout.strip()
+    # An entry point's path (.venv/bin/fsl-protonet-search) says less than its name.
+    tags[MLFLOW_SOURCE_NAME] = Path(tags.get(MLFLOW_SOURCE_NAME) or "unknown").name
+    return tags
+
+
 def hardware(resources: dict[str, float]) -> str:
     """The Ray cluster's CPUs and GPUs and the driver's platform, e.g. '2 CPU, 0 GPU; Linux x86_64'."""
     cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)

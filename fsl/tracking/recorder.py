@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from fsl.tracking.run_store import (
@@ -44,6 +45,17 @@ def epoch_metrics(result: dict[str, Any]) -> dict[str, float]:
         for key, value in result.items()
         if key not in NOT_TRIAL_METRICS and isinstance(value, int | float) and not isinstance(value, bool)
     }
+
+
+def dataset_inputs(datasets: tuple[dict[str, Any], ...]) -> list[DatasetInput]:
+    """MLflow's entities for fsl.tracking.datasets' dicts, with each one's mlflow.data.context tag."""
+    return [
+        DatasetInput(
+            Dataset(**{k: v for k, v in d.items() if k != "context"}),
+            tags=[InputTag(MLFLOW_DATASET_CONTEXT, d["context"])],
+        )
+        for d in datasets
+    ]
 
 
 def result_nodes(result: dict) -> list[str]:
@@ -76,6 +88,7 @@ class StudyRecord:
     tags: dict[str, str] = field(default_factory=dict)
     trial_tags: tuple[str, ...] = ()  # config keys also set as fsl.<key> tags on each child run
     cell_label: str | None = None  # an ablation's cell name from the trial config, e.g. "{k_shot}-shot"
+    datasets: tuple[dict[str, Any], ...] = ()  # the study's data as MLflow datasets (fsl.tracking.datasets)
 
 
 class StudyRecorder:
@@ -172,6 +185,7 @@ class StudyRecorder:
             return self.parent_run_id
         tags = {ROLE_TAG: "study", STUDY_TAG: r.study_name, STUDY_PATH_TAG: r.study_path, **r.tags}
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=r.study_name)
+        self._log_inputs(run.info.run_id)
         now = int(time.time() * 1000)
         self.client.log_batch(
             run.info.run_id,
@@ -238,7 +252,14 @@ class StudyRecorder:
         self._log_params(run_id, trial)
         return run_id
 
+    def _log_inputs(self, run_id: str) -> None:
+        """The study's datasets as the run's inputs (MLflow's store keeps one input per dataset and run)."""
+        if self.record.datasets:
+            self.client.log_inputs(run_id, datasets=dataset_inputs(self.record.datasets))
+
     def _log_params(self, run_id: str, trial: Any) -> None:
+        # Inputs first: a run with its params has both (find_child retries a run without params).
+        self._log_inputs(run_id)
         self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in sorted(trial.config.items())])
         self._params_pending.discard(run_id)
 
