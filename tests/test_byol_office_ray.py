@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 
 import mlflow
+import mlflow.pytorch
 import pandas as pd
 import pytest
+import torch
 from conftest import TINY_BYOL_PARAMS, TINY_CLASSIFIER_PARAMS, tiny_output_argv
 from mlflow import MlflowClient
 
@@ -107,6 +109,21 @@ def test_settings_study_has_a_parent_and_a_tagged_child_per_setting(office):
         assert len(pre_parent) == 1 and pre_parent["tags.fsl.method"].iloc[0] == method
         pre_child = runs[runs["tags.mlflow.parentRunId"] == pre_parent["run_id"].iloc[0]]
         assert source.split("/")[1] == pre_child["run_id"].iloc[0]
+    # Each setting's best trial (one each here) and each pre-training's best are MLflow Models of their runs.
+    assert children["tags.fsl.model_uri"].str.startswith("models:/").all() and children["tags.fsl.model_uri"].is_unique
+    for method in ("byol", "simclr", "supervised"):
+        pre_parent = runs[runs["tags.mlflow.runName"] == f"settings-{method}"].iloc[0]
+        assert pre_parent["tags.fsl.model_uri"].startswith("models:/")
+    mlflow.set_tracking_uri(office["uri"])
+    classifier = mlflow.pytorch.load_model(children.iloc[0]["tags.fsl.model_uri"])  # setting A
+    images = torch.zeros((2, 16, 16, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        assert classifier(images).shape == (2, 6)  # logits of the 6 Office classes
+    backbone = mlflow.pytorch.load_model(
+        runs[runs["tags.mlflow.runName"] == "settings-byol"].iloc[0]["tags.fsl.model_uri"]
+    )
+    with torch.no_grad():
+        assert backbone(images).shape == (2, 512)  # resnet18's features
     assert "| Setting | Pre-training | Fine-tuning | Validation accuracy |" in office["out"]
     assert "Pre-training the BYOL backbone first" in office["out"]
     assert "Pre-training the SimCLR backbone first" in office["out"]

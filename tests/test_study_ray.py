@@ -23,7 +23,7 @@ def study(local_ray, tiny_hw4_master: Path, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("study")
     argv = tiny_study_argv(tiny_hw4_master, tmp, "test-protonet", "tiny-study") + [
         *f"--num-samples 5 --epochs {EPOCHS} --episodes-per-epoch 3 --grace-period 1 --max-concurrent 1".split(),
-        *"--param train_way=5..8".split(),
+        *"--param train_way=5..8 --register-model tiny-protonet".split(),
     ]
     code = main(argv)
     return {"code": code, "argv": argv, "tmp": tmp, "uri": f"sqlite:///{tmp}/mlflow.db"}
@@ -140,6 +140,49 @@ def test_every_run_has_the_study_s_datasets_once_and_mlflow_s_source_tags(study,
     assert (runs["tags.mlflow.source.type"] == "LOCAL").all() and runs["tags.mlflow.source.name"].notna().all()
 
 
+def test_the_best_trial_is_a_registered_model_that_runs_on_pixels(study, tiny_hw4_master: Path):
+    """After the study and its resume: one logged model, on the best trial's run, registered once as version 1
+    of tiny-protonet with alias champion; loaded through MLflow it embeds uint8 images as the checkpoint does.
+    The parent shows the best val_acc and its interval under the children's keys."""
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+
+    from fsl.train.protonet_method import load_best_model
+
+    client = MlflowClient(study["uri"])
+    runs = _runs(study["uri"])
+    table = pd.read_csv(study["tmp"] / "results" / "tiny-study" / "results.csv")
+    best_run = table["mlflow_run_id"][0]
+    parent = runs[runs["tags.fsl.role"] == "study"].iloc[0]
+    assert parent["metrics.val_acc"] == pytest.approx(table["best_val_acc"][0])
+    assert parent["metrics.val_acc_ci95"] == pytest.approx(table["best_val_acc_ci95"][0])
+    experiment = client.get_experiment_by_name("test-protonet").experiment_id
+    models = client.search_logged_models([experiment])
+    assert [m.source_run_id for m in models] == [best_run]  # one, though the study was resumed
+    assert parent["tags.fsl.model_uri"] == f"models:/{models[0].model_id}"
+    assert runs.set_index("run_id").loc[best_run, "tags.fsl.model_uri"] == parent["tags.fsl.model_uri"]
+    versions = client.search_model_versions("name = 'tiny-protonet'")
+    assert [(str(v.version), v.run_id) for v in versions] == [("1", best_run)]
+    assert str(client.get_model_version_by_alias("tiny-protonet", "champion").version) == "1"
+    assert parent["tags.fsl.registered_model"] == "models:/tiny-protonet/1"
+
+    mlflow.set_tracking_uri(study["uri"])
+    served = mlflow.pytorch.load_model("models:/tiny-protonet@champion")
+    info = mlflow.models.get_model_info("models:/tiny-protonet@champion")
+    assert info.signature is not None and info.saved_input_example_info is not None
+    images = np.random.default_rng(1).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    best_file = client.download_artifacts(best_run, "checkpoint/best_model.pt", str(study["tmp"] / "dl-model"))
+    net, _, _ = load_best_model(Path(best_file))
+    from fsl.data.augment import normalize, to_unit_float
+
+    with torch.no_grad():
+        expected = net.eval().embed(normalize(to_unit_float(torch.from_numpy(images))))
+        assert torch.allclose(served(torch.from_numpy(images)), expected, atol=1e-5)
+    pyfunc = mlflow.pyfunc.load_model("models:/tiny-protonet@champion")
+    assert np.asarray(pyfunc.predict(images)).shape == tuple(expected.shape)
+
+
 def test_trial_results_are_in_ray_storage(study):
     study_dir = study["tmp"] / "results" / "tiny-study"
     trial_dirs = sorted(study_dir.glob("trial-*"))
@@ -156,12 +199,25 @@ def test_trial_results_are_in_ray_storage(study):
         ]
 
 
-def test_predictions_from_the_best_checkpoint_reproduce_its_accuracy(study, tiny_hw4_master: Path, capsys):
+@pytest.mark.parametrize(
+    "checkpoint",
+    [
+        "runs:/{run_id}/checkpoint/best_model.pt",
+        "models:/tiny-protonet@champion",
+        "{model_uri}",
+        "runs:/{run_id}/model",
+    ],
+)
+def test_predictions_from_the_best_checkpoint_reproduce_its_accuracy(
+    study, tiny_hw4_master: Path, capsys, checkpoint: str
+):
     from fsl.commands.protonet_predict import main as predict
 
     table = pd.read_csv(study["tmp"] / "results" / "tiny-study" / "results.csv")
     out = study["tmp"] / "pred.csv"
-    uri = f"runs:/{table['mlflow_run_id'][0]}/checkpoint/best_model.pt"
+    run_id = table["mlflow_run_id"][0]
+    model_uri = MlflowClient(study["uri"]).get_run(run_id).data.tags["fsl.model_uri"]
+    uri = checkpoint.format(run_id=run_id, model_uri=model_uri)
     assert (
         predict(
             ["--checkpoint", uri, "--tracking-uri", study["uri"], "--data", str(tiny_hw4_master), "--out", str(out)]

@@ -2,8 +2,9 @@
 """Predict the queries of fixed episodes with a trained ProtoNet and write them in the ground-truth format
 (episode_id,query0,query1,...), as the DLCV HW4 grader expects.
 
-The checkpoint is a best_model.pt written by a study: a file, or an MLflow artifact URI such as
-runs:/<run_id>/checkpoint/best_model.pt (with --tracking-uri). Images are read from ROOT/<split>.csv and
+The checkpoint is a best_model.pt written by a study: a file, an MLflow artifact URI such as
+runs:/<run_id>/checkpoint/best_model.pt, or a model a study logged or registered (models:/NAME@champion,
+models:/<model_id>, runs:/<run_id>/model), with --tracking-uri. Images are read from ROOT/<split>.csv and
 ROOT/<split>/ (or an ImageFolder tree); episodes from ROOT/<split>_testcase.csv unless --testcase is given.
 When a ground-truth file is present (ROOT/<split>_testcase_gt.csv) the accuracy is printed as well.
 """
@@ -27,13 +28,17 @@ from fsl.train.protonet_method import load_best_model
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="best_model.pt, or runs:/<run_id>/checkpoint/best_model.pt")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="best_model.pt, runs:/<run_id>/checkpoint/best_model.pt or models:/NAME@champion",
+    )
     parser.add_argument("--data", type=Path, required=True, help="data folder (HW4 layout or ImageFolder tree)")
     parser.add_argument("--split", default="val", help="which split the episodes draw from (default val)")
     parser.add_argument("--testcase", type=Path, default=None, help="episodes file (default ROOT/<split>_testcase.csv)")
     parser.add_argument("--gt", type=Path, default=None, help="ground truth (default ROOT/<split>_testcase_gt.csv)")
     parser.add_argument("--out", type=Path, required=True, help="where to write the predictions CSV")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for runs:/ checkpoints")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for runs:/ and models:/ checkpoints")
     return parser
 
 

@@ -106,6 +106,13 @@ def add_output_args(parser: argparse.ArgumentParser, experiment: str, prefix: st
         help="continue an interrupted study (the named one, or the latest under --storage)",
     )
     output.add_argument(
+        "--register-model",
+        default=None,
+        metavar="NAME",
+        help="register the best trial's model as a version of NAME in MLflow's registry, alias 'champion' "
+        "(default: logged as a model of its run, not registered)",
+    )
+    output.add_argument(
         "--ui-port", type=int, default=5000, help="the port in the printed `mlflow ui` command (default 5000)"
     )
     output.add_argument(
@@ -144,6 +151,7 @@ def study_options(args: argparse.Namespace, prefix: str, grace_period: int | Non
         grace_period=grace_period,
         verbose=args.verbose,
         ui_port=args.ui_port,
+        register_model=args.register_model,
     )
 
 

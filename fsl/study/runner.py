@@ -55,6 +55,7 @@ class StudyOptions:
     warm_start: str | None = None  # an earlier study under the same storage whose finished trials seed the sampler
     verbose: bool = False  # the libraries' INFO logs and Tune's own output too (fsl.study.console)
     ui_port: int = 5000  # the port of the printed `mlflow ui` command
+    register_model: str | None = None  # a registered model name the best trials become versions of
 
     @property
     def study_path(self) -> str:
@@ -320,6 +321,8 @@ def build_callback(plan: StudyPlan, cluster_resources: dict[str, float], data_ha
         trial_tags=plan.trial_tags,
         cell_label=plan.cells.label if plan.cells else None,
         datasets=study_datasets(plan.shared, plan.data_root, episodes_file),
+        model_groups=(*plan.grid, *([plan.cells.key] if plan.cells else [])),
+        register_model=s.register_model,
     )
 
 

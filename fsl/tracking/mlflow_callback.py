@@ -35,6 +35,8 @@ class MLflowStudyCallback(Callback):
         trial_tags: tuple[str, ...] = (),
         cell_label: str | None = None,
         datasets: tuple[dict[str, Any], ...] = (),
+        model_groups: tuple[str, ...] = (),
+        register_model: str | None = None,
     ) -> None:
         self.record = StudyRecord(
             tracking_uri=tracking_uri,
@@ -49,6 +51,8 @@ class MLflowStudyCallback(Callback):
             trial_tags=tuple(trial_tags),
             cell_label=cell_label,
             datasets=tuple(datasets),
+            model_groups=tuple(model_groups),
+            register_model=register_model,
         )
         self.results_dir = results_dir
         self._start()

@@ -34,6 +34,9 @@ from fsl.tracking.run_store import (
 from fsl.tracking.summary import StudySummary, error_line
 from fsl.train.run_state import DIVERGED
 
+MODEL_URI_TAG = "fsl.model_uri"  # on a run whose best weights are an MLflow Model; on the parent, the best's
+REGISTERED_TAG = "fsl.registered_model"  # on the parent: the registered version of its best trial
+
 # What Tune adds to every result (times, host, counters): not the trial's own numbers, so not logged per epoch.
 NOT_TRIAL_METRICS = frozenset([*AUTO_RESULT_KEYS, "epoch", "done", "should_checkpoint"])
 
@@ -56,6 +59,29 @@ def dataset_inputs(datasets: tuple[dict[str, Any], ...]) -> list[DatasetInput]:
         )
         for d in datasets
     ]
+
+
+def best_runs(table: Any, metric: str, groups: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """The child runs to publish as models, each with its registry aliases: `champion` for the study's best
+    trial, `<key>-<value>` for the best trial of each value of a group key (e.g. setting-C)."""
+    import re
+
+    from fsl.tracking.models import CHAMPION
+
+    score = f"best_{metric}"
+    if table is None or table.empty or score not in table or "mlflow_run_id" not in table:
+        return {}
+    scored = table[table[score].notna() & table["mlflow_run_id"].notna()].sort_values(score, ascending=False)
+    if scored.empty:
+        return {}
+    runs: dict[str, list[str]] = {str(scored["mlflow_run_id"].iloc[0]): [CHAMPION]}
+    for key in groups:
+        if key not in scored:
+            continue
+        for value, rows in scored.groupby(key, sort=False):
+            alias = re.sub(r"[^A-Za-z0-9_-]+", "-", f"{key}-{value}")
+            runs.setdefault(str(rows["mlflow_run_id"].iloc[0]), []).append(alias)
+    return runs
 
 
 def result_nodes(result: dict) -> list[str]:
@@ -89,6 +115,9 @@ class StudyRecord:
     trial_tags: tuple[str, ...] = ()  # config keys also set as fsl.<key> tags on each child run
     cell_label: str | None = None  # an ablation's cell name from the trial config, e.g. "{k_shot}-shot"
     datasets: tuple[dict[str, Any], ...] = ()  # the study's data as MLflow datasets (fsl.tracking.datasets)
+    # Trial config keys whose every value gets its best trial as a model too (the Office-Home setting, a cell).
+    model_groups: tuple[str, ...] = ()
+    register_model: str | None = None  # the registered model the best trials become versions of
 
 
 class StudyRecorder:
@@ -348,14 +377,38 @@ class StudyRecorder:
             now = int(time.time() * 1000)
             keys = (f"best_{self.metric}", f"best_{self.metric}_ci95")
             tags = {"fsl.best_trial_id": best["trial_id"], "fsl.best_run_id": self._children.get(best["trial_id"], "")}
+            # The parent also under the children's own keys, so that sorting the runs table by val_acc ranks it.
+            values = {key: float(best[key]) for key in keys}
+            values |= {self.metric: values[keys[0]], f"{self.metric}_ci95": values[keys[1]]}
+            tags |= self._publish_models(summary)
             self.client.log_batch(
                 parent,
                 # A resumed study (or a replay) that ends with the same best logs nothing again.
-                metrics=[Metric(k, float(best[k]), now, 0) for k in keys if logged.metrics.get(k) != float(best[k])],
+                metrics=[Metric(k, v, now, 0) for k, v in values.items() if logged.metrics.get(k) != v],
                 tags=[RunTag(k, v) for k, v in tags.items() if logged.tags.get(k) != v],
             )
         if run.info.status != "FINISHED":
             self.client.set_terminated(parent, "FINISHED")
+
+    def _publish_models(self, summary: StudySummary) -> dict[str, str]:
+        """The best trial, and the best of each model group's value, as MLflow Models of their runs,
+        registered when asked (alias `champion` on the best); the parent's tags that point at them."""
+        from fsl.tracking.models import CHAMPION, log_best_model, register
+
+        r = self.record
+        tags: dict[str, str] = {}
+        for run_id, aliases in best_runs(summary.table, r.metric, r.model_groups).items():
+            uri = log_best_model(self.client, self.experiment_id or "", run_id)
+            if uri is None:
+                continue
+            self.client.set_tag(run_id, MODEL_URI_TAG, uri)
+            if CHAMPION in aliases:
+                tags[MODEL_URI_TAG] = uri
+            if r.register_model:
+                version = register(self.client, r.register_model, uri, run_id, aliases)
+                if CHAMPION in aliases:
+                    tags[REGISTERED_TAG] = f"models:/{r.register_model}/{version}"
+        return tags
 
     def close_orphaned_children(self, known_trials: set[str]) -> None:
         """After a driver crash, a child run may belong to a trial that Tune's last snapshot never saw (Tune

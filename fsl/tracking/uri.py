@@ -114,8 +114,10 @@ def open_ui_line(uri: str, experiment_id: str | None, port: int = 5000) -> str:
 
 
 def resolve_checkpoint(checkpoint: str, tracking_uri: str | None, flag: str = "--checkpoint") -> Path:
-    """A local checkpoint file: the path itself, or an MLflow artifact URI (runs:/<run_id>/...) downloaded."""
-    if "://" not in checkpoint and not checkpoint.startswith("runs:/"):
+    """A local checkpoint file: the path itself, or an MLflow URI downloaded: an artifact (runs:/<run_id>/...)
+    or a logged or registered model (models:/<model_id>, models:/NAME@champion, runs:/<run_id>/model), whose
+    best_model.pt travels in the model's extra files (fsl.tracking.models)."""
+    if "://" not in checkpoint and not checkpoint.startswith(("runs:/", "models:/")):
         return Path(checkpoint)
     import mlflow
 
@@ -125,4 +127,10 @@ def resolve_checkpoint(checkpoint: str, tracking_uri: str | None, flag: str = "-
         local = mlflow.artifacts.download_artifacts(checkpoint, tracking_uri=resolve_tracking_uri(tracking_uri))
     except Exception as err:  # MLflow raises several types for a missing run or artifact
         raise ValueError(f"{flag} {checkpoint}: cannot download it ({str(err).splitlines()[0]})") from None
-    return Path(local)
+    local = Path(local)
+    if local.is_dir():  # a model: its best_model.pt
+        found = sorted(local.rglob("best_model.pt"))
+        if not found:
+            raise ValueError(f"{flag} {checkpoint}: a model without a best_model.pt (not logged by this project)")
+        return found[0]
+    return local

@@ -18,6 +18,7 @@ from torch import nn
 from fsl.data.augment import augment, normalize, parse_policy, to_unit_float
 from fsl.data.decoded import DecodedSplit
 from fsl.methods.classifier import Classifier, correct_count
+from fsl.models.served import ImageModel
 from fsl.train.config import ClassifierConfig
 from fsl.train.epochs import run_epochs
 from fsl.train.evaluate import binomial_ci95
@@ -77,6 +78,14 @@ class ClassifierMethod(Method):
     @classmethod
     def backbone_weights(cls, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
         return backbone_part(weights)
+
+    @classmethod
+    def served_model(cls, saved: dict[str, Any]) -> nn.Module | None:
+        cfg, weights = saved["config"], saved["model"]
+        last_layer = [v for k, v in weights.items() if k.startswith("head.") and v.ndim == 2][-1]  # the logits layer
+        net = Classifier(cfg["arch"], last_layer.shape[0], cfg["head_depth"], cfg["head_width"])
+        net.load_state_dict(weights)
+        return ImageModel(net, "logits")
 
     def build_model(self) -> nn.Module:
         cfg = self.cfg

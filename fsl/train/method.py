@@ -62,6 +62,12 @@ class Method(ABC):
         """The ResNet backbone in this method's best weights, or None when it has none to give."""
         return None
 
+    @classmethod
+    def served_model(cls, saved: dict[str, Any]) -> nn.Module | None:
+        """The model a user runs (fsl.models.served.ImageModel), from this method's best_model.pt contents;
+        None when the method has none to give."""
+        return None
+
     @abstractmethod
     def build_model(self) -> nn.Module:
         """The model, on the CPU, in float32 (the runner has seeded torch)."""

@@ -19,6 +19,7 @@ from fsl.data.decoded import DecodedSplit
 from fsl.data.episodes import EpisodeSampler, FixedEpisodes
 from fsl.methods.protonet import ProtoNet, protonet_loss
 from fsl.models.distances import DISTANCES
+from fsl.models.served import ImageModel
 from fsl.train.checkpoint import first_line, read_checkpoint_file
 from fsl.train.config import ProtoNetConfig
 from fsl.train.dimension import Dimension
@@ -85,6 +86,12 @@ class ProtoNetMethod(Method):
             "distance": Dimension("distance", "choice", choices=DISTANCES),
             "train_way": Dimension("train_way", "int", 5, max(5, min(30, n_classes))),
         }
+
+    @classmethod
+    def served_model(cls, saved: dict[str, Any]) -> nn.Module | None:
+        net = build_model(ProtoNetConfig.from_dict(saved["config"]))
+        net.load_state_dict(saved["model"])
+        return ImageModel(net, "embedding", call="embed")  # prototypes come from the user's support images
 
     def build_model(self) -> nn.Module:
         return build_model(self.cfg)

@@ -17,6 +17,8 @@ from torch import nn
 from fsl.data.augment import normalize, to_unit_float
 from fsl.data.byol_augment import byol_views
 from fsl.data.decoded import DecodedSplit
+from fsl.models.resnet import build_backbone
+from fsl.models.served import ImageModel
 from fsl.train.config import SelfSupervisedConfig
 from fsl.train.dimension import Dimension
 from fsl.train.method import SELF_SUPERVISED, Method
@@ -69,6 +71,12 @@ class SelfSupervisedMethod(Method):
     @classmethod
     def backbone_weights(cls, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
         return weights  # best_model.pt holds the backbone alone
+
+    @classmethod
+    def served_model(cls, saved: dict[str, Any]) -> nn.Module | None:
+        backbone = build_backbone(saved["config"]["arch"])
+        backbone.load_state_dict(saved["model"])
+        return ImageModel(backbone, "features")
 
     def convert_batchnorm(self, model: nn.Module) -> nn.Module:
         """SyncBatchNorm across DDP workers on GPUs when cfg.sync_batchnorm (CPU workers keep local BN)."""
