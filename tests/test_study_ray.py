@@ -183,6 +183,37 @@ def test_the_best_trial_is_a_registered_model_that_runs_on_pixels(study, tiny_hw
     assert np.asarray(pyfunc.predict(images)).shape == tuple(expected.shape)
 
 
+def test_study_yaml_is_in_the_folder_and_on_the_parent_and_reruns_the_same_study(study):
+    """--config study.yaml plans the same study (data, base config, search space, trials, seed, registry name)
+    under a new name; the file is the one the parent run keeps."""
+    from fsl.commands.protonet_search import build_parser, plan_from_args
+    from fsl.study.study_file import parse_study_args
+
+    path = study["tmp"] / "results" / "tiny-study" / "study.yaml"
+    client = MlflowClient(study["uri"])
+    parent_id = _runs(study["uri"]).query("`tags.fsl.role` == 'study'")["run_id"].iloc[0]
+    kept = Path(client.download_artifacts(parent_id, "study.yaml", str(study["tmp"] / "dl-yaml")))
+    assert kept.read_text() == path.read_text()
+    assert "search_space:" in kept.read_text() and "train_way: '[5, 8]'" in kept.read_text()
+
+    def plan(argv):
+        return plan_from_args(parse_study_args(build_parser(), argv, "fsl-protonet-search"))
+
+    original = plan(_renamed(study["argv"], "again-a"))
+    rerun = plan(["--config", str(path), "--study-name", "again-b"])
+    assert rerun.base == original.base and rerun.data_root == original.data_root
+    assert {n: d.describe() for n, d in rerun.space.items()} == {n: d.describe() for n, d in original.space.items()}
+    for field in ("num_samples", "seed", "max_concurrent", "grace_period", "register_model", "tracking_uri"):
+        assert getattr(rerun.options, field) == getattr(original.options, field), field
+    assert rerun.options.study_name == "again-b"
+
+
+def _renamed(argv: list[str], name: str) -> list[str]:
+    argv = list(argv)
+    argv[argv.index("--study-name") + 1] = name
+    return argv
+
+
 def test_trial_results_are_in_ray_storage(study):
     study_dir = study["tmp"] / "results" / "tiny-study"
     trial_dirs = sorted(study_dir.glob("trial-*"))

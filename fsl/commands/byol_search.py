@@ -23,6 +23,7 @@ from fsl.study.cli import add_compute_args, add_output_args, add_search_args, fa
 from fsl.study.pretraining_study import describe_data, plan_byol_study
 from fsl.study.runner import run_study
 from fsl.study.space import byol_space
+from fsl.study.study_file import parse_study_args
 from fsl.study.waiting import StudyWaitedTooLong
 from fsl.train.config import BYOLConfig
 
@@ -82,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = parse_study_args(build_parser(), argv, "fsl-byol-search")
+    except (ValueError, FileNotFoundError) as err:  # a bad --config file
+        return fail(err)
     try:
         demo = args.data is None
         defaults = DEMO if demo else FULL

@@ -51,6 +51,7 @@ from fsl.study.runner import (
     run_study,
     study_outcome,
 )
+from fsl.study.study_file import parse_study_args
 from fsl.study.waiting import StudyWaitedTooLong
 from fsl.tracking.settings_table import SETTINGS_MD
 from fsl.tracking.uri import resolve_checkpoint, sync_command
@@ -183,7 +184,10 @@ def latest_settings_study(storage: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = parse_study_args(build_parser(), argv, "fsl-office-settings")
+    except (ValueError, FileNotFoundError) as err:  # a bad --config file
+        return fail(err)
     try:
         demo = args.data is None
         defaults = DEMO if demo else FULL

@@ -22,6 +22,7 @@ from fsl.study.ablation import ABLATIONS, AblationPlan, ablation_space, evaluate
 from fsl.study.cli import add_compute_args, add_output_args, add_search_args, fail, study_options
 from fsl.study.protonet_study import describe_data
 from fsl.study.runner import run_study
+from fsl.study.study_file import parse_study_args
 from fsl.study.waiting import StudyWaitedTooLong
 from fsl.tracking.ablation_table import ablation_markdown, ablation_table, log_ablation, write_ablation_files
 from fsl.tracking.uri import open_ui_line, sync_command
@@ -73,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = parse_study_args(build_parser(), argv, "fsl-ablations")
+    except (ValueError, FileNotFoundError) as err:  # a bad --config file
+        return fail(err)
     ablation = ABLATIONS[args.study]
     try:
         if args.k_shot is not None and ablation.key == "k_shot":

@@ -18,6 +18,7 @@ from fsl.study.cli import add_compute_args, add_output_args, add_search_args, fa
 from fsl.study.protonet_study import describe_data, plan_study
 from fsl.study.runner import StudyPlan, run_study
 from fsl.study.space import default_space
+from fsl.study.study_file import parse_study_args
 from fsl.study.waiting import StudyWaitedTooLong
 from fsl.train.config import ProtoNetConfig
 
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        plan = plan_from_args(build_parser().parse_args(argv))
+        plan = plan_from_args(parse_study_args(build_parser(), argv, "fsl-protonet-search"))
     except (ValueError, FileNotFoundError) as err:
         return fail(err)
     return run_plan(plan)

@@ -10,6 +10,7 @@ from typing import Any
 
 from fsl.distributed.train_trial import TrialResources
 from fsl.study.runner import StudyOptions, latest_study, normalise_storage
+from fsl.study.study_file import add_config_arg, saved_flags
 from fsl.tracking.uri import open_ui_line, resolve_tracking_uri
 
 
@@ -105,6 +106,7 @@ def add_output_args(parser: argparse.ArgumentParser, experiment: str, prefix: st
         action="store_true",
         help="continue an interrupted study (the named one, or the latest under --storage)",
     )
+    add_config_arg(output)
     output.add_argument(
         "--register-model",
         default=None,
@@ -152,6 +154,8 @@ def study_options(args: argparse.Namespace, prefix: str, grace_period: int | Non
         verbose=args.verbose,
         ui_port=args.ui_port,
         register_model=args.register_model,
+        command=getattr(args, "command", ""),
+        flags=saved_flags(args),
     )
 
 

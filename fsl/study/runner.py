@@ -56,6 +56,8 @@ class StudyOptions:
     verbose: bool = False  # the libraries' INFO logs and Tune's own output too (fsl.study.console)
     ui_port: int = 5000  # the port of the printed `mlflow ui` command
     register_model: str | None = None  # a registered model name the best trials become versions of
+    command: str = ""  # the command that started it (fsl-protonet-search), for its study.yaml
+    flags: dict[str, Any] = field(default_factory=dict)  # its flags as study.yaml keeps them (fsl.study.study_file)
 
     @property
     def study_path(self) -> str:
@@ -275,7 +277,31 @@ def study_trial(
         run_in_process(entry, config, shared, resources, metric)
 
 
-def build_callback(plan: StudyPlan, cluster_resources: dict[str, float], data_hash: str) -> Any:
+def write_study_file(plan: StudyPlan) -> str:
+    """The study's study.yaml (fsl.study.study_file) in its folder, written when it starts (a resume keeps the
+    file it started with); its text, which the parent run keeps too."""
+    from fsl.study.study_file import STUDY_FILE, study_file_text
+
+    s = plan.options
+    path = plan.results_dir / STUDY_FILE
+    if s.resume and path.is_file():
+        return path.read_text()
+    resolved = {
+        "study_name": s.study_name,
+        "data": str(plan.data_root),
+        "evaluation": plan.evaluation,
+        "search_space": {name: dim.describe() for name, dim in plan.space.items()},
+        **({"grid": {k: list(v) for k, v in plan.grid.items()}} if plan.grid else {}),
+        "trials": plan.total_trials,
+        "config": {k: v for k, v in plan.base.to_dict().items() if k not in plan.space},
+    }
+    text = study_file_text(s.command or "fsl", s.flags, resolved)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return text
+
+
+def build_callback(plan: StudyPlan, cluster_resources: dict[str, float], data_hash: str, study_file: str = "") -> Any:
     from fsl.tracking.datasets import study_datasets
     from fsl.tracking.mlflow_callback import MLflowStudyCallback
     from fsl.tracking.provenance import code_version, hardware, source_tags
@@ -323,6 +349,7 @@ def build_callback(plan: StudyPlan, cluster_resources: dict[str, float], data_ha
         datasets=study_datasets(plan.shared, plan.data_root, episodes_file),
         model_groups=(*plan.grid, *([plan.cells.key] if plan.cells else [])),
         register_model=s.register_model,
+        study_file=study_file,
     )
 
 
@@ -447,6 +474,7 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
             plan,
             study_params={**plan.study_params, "warm_start": s.warm_start, "warm_start_trials": len(warm.trials)},
         )
+    study_file = write_study_file(plan)
     start_ray(s)
     max_concurrent, why = concurrency(s, plan.total_trials)
     check_storage_on_every_node(s)
@@ -487,7 +515,7 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
                 name=s.study_name,
                 storage_path=s.storage,
                 callbacks=[
-                    build_callback(plan, ray.cluster_resources(), data_hash),
+                    build_callback(plan, ray.cluster_resources(), data_hash, study_file),
                     ProgressPrinter(plan.shown, plan.base.epochs, plan.total_trials, plan.metric),
                     ReleaseTrainPlacementGroups(),
                     NoRetryAfterDivergence(),  # a diverged trial would diverge again

@@ -37,6 +37,7 @@ class MLflowStudyCallback(Callback):
         datasets: tuple[dict[str, Any], ...] = (),
         model_groups: tuple[str, ...] = (),
         register_model: str | None = None,
+        study_file: str = "",
     ) -> None:
         self.record = StudyRecord(
             tracking_uri=tracking_uri,
@@ -53,6 +54,7 @@ class MLflowStudyCallback(Callback):
             datasets=tuple(datasets),
             model_groups=tuple(model_groups),
             register_model=register_model,
+            study_file=study_file,
         )
         self.results_dir = results_dir
         self._start()

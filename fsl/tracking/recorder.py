@@ -118,6 +118,7 @@ class StudyRecord:
     # Trial config keys whose every value gets its best trial as a model too (the Office-Home setting, a cell).
     model_groups: tuple[str, ...] = ()
     register_model: str | None = None  # the registered model the best trials become versions of
+    study_file: str = ""  # the study's study.yaml (fsl.study.study_file), kept on the parent run
 
 
 class StudyRecorder:
@@ -215,6 +216,8 @@ class StudyRecorder:
         tags = {ROLE_TAG: "study", STUDY_TAG: r.study_name, STUDY_PATH_TAG: r.study_path, **r.tags}
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=r.study_name)
         self._log_inputs(run.info.run_id)
+        if r.study_file:
+            self.client.log_text(run.info.run_id, r.study_file, "study.yaml")
         now = int(time.time() * 1000)
         self.client.log_batch(
             run.info.run_id,
