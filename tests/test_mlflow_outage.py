@@ -103,7 +103,10 @@ def _store_state(client: MlflowClient) -> dict:
             run.data.tags,
             histories,
             _artifacts(client, run_id),
+            sorted((i.dataset.name, i.dataset.digest) for i in run.inputs.dataset_inputs),
         )
+    experiments = sorted({run.info.experiment_id for run in _runs(client)})
+    state["logged models"] = sorted((m.model_id, m.source_run_id) for m in client.search_logged_models(experiments))
     return state
 
 
@@ -141,7 +144,13 @@ def _check_complete(client: MlflowClient, study: Path) -> None:
     assert parent.data.tags["fsl.best_trial_id"] == best["trial_id"]
     assert parent.data.metrics["best_val_acc"] == pytest.approx(best["best_val_acc"])
     logged = {path for path, _ in _artifacts(client, parent.info.run_id)}
-    assert {"results/results.csv", "results/results.md", "results/val_acc.png"} <= logged
+    assert {"results/results.csv", "results/results.md", "results/val_acc.png", "study.yaml"} <= logged
+    # Each run has the study's three datasets once, and only the best trial's run has a model, once.
+    for run in runs:
+        assert len(run.inputs.dataset_inputs) == 3, run.info.run_id
+    models = client.search_logged_models([parent.info.experiment_id])
+    assert [m.source_run_id for m in models] == [best["mlflow_run_id"]]
+    assert parent.data.tags["fsl.model_uri"] == f"models:/{models[0].model_id}"
 
 
 def test_a_stopped_server_is_replayed_by_sync_mlflow_once(tiny_hw4_master: Path, tmp_path: Path):
@@ -215,7 +224,7 @@ def test_a_server_back_before_the_study_ends_is_caught_up_by_the_study(tiny_hw4_
 
             output = log.read_text()
             assert f"MLflow at {server.url} answers again after" in output
-            assert "studies/sync_mlflow.py" not in output  # nothing was left to replay
+            assert sync_command(str(study_path), server.url) not in output  # nothing was left to replay
             _check_complete(client, study_path)
             first = _sync(study_path)
             assert first.returncode == 0 and "already had study 'back'" in first.stdout, first.stdout + first.stderr
