@@ -110,7 +110,9 @@ def test_resuming_a_finished_study_changes_nothing(study, capsys):
     assert len(client.get_metric_history(parent_id, "best_val_acc")) == 1
     table = pd.read_csv(study["tmp"] / "results" / "tiny-study" / "results.csv")
     assert len(table) == 5 and table["mlflow_run_id"].notna().all()
-    assert "Best trial" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Best trial" in out
+    assert "  best model: models:/tiny-protonet@champion  (mlflow.pytorch.load_model" in out
 
 
 def test_every_run_has_the_study_s_datasets_once_and_mlflow_s_source_tags(study, tiny_hw4_master: Path):

@@ -220,5 +220,7 @@ def print_outcome(plan: Any, outcome: Any) -> int:
     print(
         f"MLflow: {s.tracking_uri}, experiment {s.experiment!r}, parent run {s.study_name!r} ({outcome.parent_run_id})"
     )
+    if outcome.model_uri:
+        print(f"  best model: {outcome.model_uri}  (mlflow.pytorch.load_model; fsl-predict --checkpoint takes it)")
     print(open_ui_line(s.tracking_uri, outcome.experiment_id, s.ui_port))
     return 0

@@ -133,6 +133,7 @@ class StudyOutcome:
     parent_run_id: str | None
     experiment_id: str | None
     tracking_error: str | None = None  # why MLflow could not be read at the end (the study went on without it)
+    model_uri: str | None = None  # the best trial's MLflow Model: models:/NAME@champion when registered
 
 
 def normalise_storage(storage: str) -> str:
@@ -555,4 +556,10 @@ def study_outcome(plan: StudyPlan) -> StudyOutcome:
         parent = found.info.run_id if found else None
     except Exception as err:  # the store is away: the study's results are in its folder all the same
         return StudyOutcome(table, best, results_csv, None, None, tracking_error=failure_reason(err))
-    return StudyOutcome(table, best, results_csv, parent, experiment.experiment_id if experiment else None)
+    model_uri = None
+    if found is not None:
+        registered = found.data.tags.get("fsl.registered_model")  # models:/NAME/<version>
+        name = registered.removeprefix("models:/").rsplit("/", 1)[0] if registered else None
+        model_uri = f"models:/{name}@champion" if name else found.data.tags.get("fsl.model_uri")
+    experiment_id = experiment.experiment_id if experiment else None
+    return StudyOutcome(table, best, results_csv, parent, experiment_id, model_uri=model_uri)
