@@ -59,7 +59,7 @@ class Sizes:
     def of(cls, quick: bool) -> Sizes:
         if quick:
             return cls((0,), trials=2, epochs=2, episodes=1, eval_episodes=30, image_size=16, quick=True)
-        # 24 trials: at 8 or 12 TPE has barely left its random start-up trials (the README's b5 notes); 9 seeds:
+        # 24 trials: at 8 or 12 TPE has barely left its random start-up trials (docs/performance.md, b5); 9 seeds:
         # the same seed can end differently run to run (two trials at a time finish in varying order).
         seeds = int(os.environ.get("BENCH_B5_SEEDS", 9))
         trials = int(os.environ.get("BENCH_B5_TRIALS", 24))

@@ -92,7 +92,8 @@ class FakeAutoscalingCluster:
         env = {
             **os.environ,
             **self.env,
-            # A job's entrypoint (`python ...`, as the README submits it) runs with the head's PATH: this Python's.
+            # A job's entrypoint (`python ...`, as docs/cluster.md submits it) runs with the head's
+            # PATH: this Python's.
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             "RAY_FAKE_CLUSTER": "1",
             "AUTOSCALER_UPDATE_INTERVAL_S": "1",

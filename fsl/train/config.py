@@ -138,7 +138,7 @@ class ProtoNetConfig(TrainConfig):
     learn_temperature: bool = True
     # channels_last is on by default: the Conv4 training step runs at 80% of the machine's fp32 matmul FLOP/s
     # with it against 52% without (bench/b3, oneDNN on a 2-core CPU), 1.2x to 1.4x the episodes per second
-    # over three b1 runs (README, Performance).
+    # over three b1 runs (docs/performance.md).
     channels_last: bool = True
     # The run's shape.
     episodes_per_epoch: int = 100
