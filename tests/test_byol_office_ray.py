@@ -68,6 +68,7 @@ def office(local_ray, tiny_hw4_master: Path, tiny_office: Path, tmp_path_factory
         *_params("--simclr-param", TINY_BYOL_PARAMS),
         *_params("--supervised-param", TINY_CLASSIFIER_PARAMS),
         *tiny_output_argv(tmp, "office", "settings"),
+        *("--register-model", "office-model"),
     ]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
@@ -124,6 +125,18 @@ def test_settings_study_has_a_parent_and_a_tagged_child_per_setting(office):
     )
     with torch.no_grad():
         assert backbone(images).shape == (2, 512)  # resnet18's features
+    # Registered: each setting's best as a version of office-model (alias setting-<name>, champion on the best),
+    # each pre-trained backbone as a model of its own.
+    registered = {m.name: m for m in client.search_registered_models()}
+    assert set(registered) == {"office-model", "office-model-byol", "office-model-simclr", "office-model-supervised"}
+    aliases = registered["office-model"].aliases
+    settings = ["A", "B", "C", "C-simclr", "D", "E", "E-simclr"]
+    assert set(aliases) == {"champion", *(f"setting-{name}" for name in settings)}
+    for name, run_id in zip(children["tags.fsl.setting"], children["run_id"], strict=True):
+        assert client.get_model_version("office-model", str(aliases[f"setting-{name}"])).run_id == run_id
+    champion = client.get_model_version("office-model", str(aliases["champion"])).run_id
+    best_score = children.set_index("run_id")["metrics.final_best_val_acc"]
+    assert best_score[champion] == best_score.max()
     assert "| Setting | Pre-training | Fine-tuning | Validation accuracy |" in office["out"]
     assert "Pre-training the BYOL backbone first" in office["out"]
     assert "Pre-training the SimCLR backbone first" in office["out"]

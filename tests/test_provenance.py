@@ -70,3 +70,6 @@ def test_runs_get_mlflow_s_standard_source_tags():
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True)
     if head.returncode == 0:
         assert tags["mlflow.source.git.commit"] == head.stdout.strip()
+        branch = subprocess.run(["git", "rev-parse", "--abbrev-ref", "HEAD"], cwd=PROJECT_ROOT, capture_output=True)
+        if branch.stdout.strip() not in (b"", b"HEAD"):
+            assert tags["mlflow.source.git.branch"] == branch.stdout.decode().strip()

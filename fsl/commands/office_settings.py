@@ -164,6 +164,8 @@ def pretraining_options(options: StudyOptions, method: str, cpus: float) -> Stud
         resources=resources,
         resume=restorable(f"{storage}/{name}"),
         max_concurrent=1,
+        # Its backbone is a model of its own kind: registered beside the settings' classifiers, not among them.
+        register_model=f"{options.register_model}-{method}" if options.register_model else None,
     )
 
 

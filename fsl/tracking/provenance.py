@@ -53,20 +53,34 @@ def source_tags(root: Path = PROJECT_ROOT) -> dict[str, str]:
     commit and branch), so that the UI's Source and Version columns fill. The commit of this package's
     checkout is used when the command was not started from one (an installed console script)."""
     from mlflow.tracking.context.registry import resolve_tags
-    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER
+    from mlflow.utils.mlflow_tags import (
+        MLFLOW_GIT_BRANCH,
+        MLFLOW_GIT_COMMIT,
+        MLFLOW_SOURCE_NAME,
+        MLFLOW_SOURCE_TYPE,
+        MLFLOW_USER,
+    )
 
     tags = {k: v for k, v in resolve_tags({}).items() if k.startswith("mlflow.source.") or k == MLFLOW_USER}
     tags.setdefault(MLFLOW_SOURCE_TYPE, "LOCAL")
     if MLFLOW_GIT_COMMIT not in tags:
-        try:
-            commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):  # no git: the Version column stays empty
-            commit = None
-        if commit is not None and commit.returncode == 0 and commit.stdout.strip():
-            tags[MLFLOW_GIT_COMMIT] = commit.stdout.strip()
+        commit, branch = _git(root, "rev-parse", "HEAD"), _git(root, "rev-parse", "--abbrev-ref", "HEAD")
+        if commit:
+            tags[MLFLOW_GIT_COMMIT] = commit
+        if branch and branch != "HEAD":  # HEAD: a detached checkout has no branch
+            tags[MLFLOW_GIT_BRANCH] = branch
     # An entry point's path (.venv/bin/fsl-protonet-search) says less than its name.
     tags[MLFLOW_SOURCE_NAME] = Path(tags.get(MLFLOW_SOURCE_NAME) or "unknown").name
     return tags
+
+
+def _git(root: Path, *args: str) -> str | None:
+    """One git command's output in `root`; None without git or outside a checkout."""
+    try:
+        run = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (run.stdout.strip() or None) if run.returncode == 0 else None
 
 
 def hardware(resources: dict[str, float]) -> str:
