@@ -475,12 +475,13 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
             plan,
             study_params={**plan.study_params, "warm_start": s.warm_start, "warm_start_trials": len(warm.trials)},
         )
-    study_file = write_study_file(plan)
     start_ray(s)
     max_concurrent, why = concurrency(s, plan.total_trials)
     check_storage_on_every_node(s)
     if s.address:  # a local Ray's share is plain; a cluster's is worth a line
         print(f"Trials at once: up to {max_concurrent} ({why})")
+    # Only once the checks against the cluster passed: a refused study leaves no folder behind.
+    study_file = write_study_file(plan)
     shared = SharedData.put(plan.shared)
     res = s.resources
     trial_resources = {"CPU": DRIVER_CPU} if res.workers > 1 else res.per_worker
