@@ -53,6 +53,33 @@ def test_byol_study_runs_two_worker_ddp_and_logs_the_probe(local_ray, tiny_hw4_m
     for key in ("byol_loss", "z_std", "probe_acc", "tau"):
         assert [m.step for m in client.get_metric_history(child["run_id"], key)] == [1, 2], key
     assert [a.path for a in client.list_artifacts(child["run_id"], "checkpoint")] == ["checkpoint/best_model.pt"]
+    # The data as MLflow datasets on the parent and the trial: train for training, the probe's val images to evaluate.
+    for run_id in (parent["run_id"], child["run_id"]):
+        inputs = client.get_run(run_id).inputs.dataset_inputs
+        contexts = {i.dataset.name: {t.value for t in i.tags if t.key == "mlflow.data.context"} for i in inputs}
+        assert contexts == {
+            f"{tiny_hw4_master.name}/train": {"training"},
+            f"{tiny_hw4_master.name}/probe": {"evaluation"},  # the val images the k-NN probe scores
+        }
+    # The best (only) trial is an MLflow Model of its run: the backbone's features from uint8 pixels, as the
+    # checkpoint's backbone computes them, with a signature and an input example.
+    experiment = client.get_experiment_by_name("byol").experiment_id
+    (model,) = client.search_logged_models([experiment])
+    assert model.source_run_id == child["run_id"] and parent["tags.fsl.model_uri"] == f"models:/{model.model_id}"
+    info = mlflow.models.get_model_info(f"models:/{model.model_id}")
+    assert info.signature is not None and info.saved_input_example_info is not None
+    served = mlflow.pytorch.load_model(f"models:/{model.model_id}")
+    best_file = client.download_artifacts(child["run_id"], "checkpoint/best_model.pt", str(tmp_path / "dl"))
+    saved = torch.load(best_file, map_location="cpu", weights_only=True)
+    from fsl.data.augment import normalize, to_unit_float
+    from fsl.train.backbones import build_backbone
+
+    backbone = build_backbone(saved["config"]["arch"])
+    backbone.load_state_dict(saved["model"])
+    images = torch.randint(0, 256, (3, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = backbone.eval()(normalize(to_unit_float(images)))
+        assert expected.shape == (3, 512) and torch.allclose(served(images), expected, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
