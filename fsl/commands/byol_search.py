@@ -85,9 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_study_args(build_parser(), argv, "fsl-byol-search")
-    except (ValueError, FileNotFoundError) as err:  # a bad --config file
-        return fail(err)
-    try:
         demo = args.data is None
         defaults = DEMO if demo else FULL
         image_size = args.image_size or defaults["image_size"]

@@ -188,9 +188,6 @@ def latest_settings_study(storage: str) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_study_args(build_parser(), argv, "fsl-office-settings")
-    except (ValueError, FileNotFoundError) as err:  # a bad --config file
-        return fail(err)
-    try:
         demo = args.data is None
         defaults = DEMO if demo else FULL
         image_size = args.image_size or defaults["image_size"]

@@ -76,10 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_study_args(build_parser(), argv, "fsl-ablations")
-    except (ValueError, FileNotFoundError) as err:  # a bad --config file
-        return fail(err)
-    ablation = ABLATIONS[args.study]
-    try:
+        ablation = ABLATIONS[args.study]
         if args.k_shot is not None and ablation.key == "k_shot":
             raise ValueError("--k-shot: --study shots varies K; choose its values with --cells")
         cells = parse_cells(ablation, args.cells)
