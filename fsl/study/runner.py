@@ -278,30 +278,6 @@ def study_trial(
         run_in_process(entry, config, shared, resources, metric)
 
 
-def write_study_file(plan: StudyPlan) -> str:
-    """The study's study.yaml (fsl.study.study_file) in its folder, written when it starts (a resume keeps the
-    file it started with); its text, which the parent run keeps too."""
-    from fsl.study.study_file import STUDY_FILE, study_file_text
-
-    s = plan.options
-    path = plan.results_dir / STUDY_FILE
-    if s.resume and path.is_file():
-        return path.read_text()
-    resolved = {
-        "study_name": s.study_name,
-        "data": str(plan.data_root),
-        "evaluation": plan.evaluation,
-        "search_space": {name: dim.describe() for name, dim in plan.space.items()},
-        **({"grid": {k: list(v) for k, v in plan.grid.items()}} if plan.grid else {}),
-        "trials": plan.total_trials,
-        "config": {k: v for k, v in plan.base.to_dict().items() if k not in plan.space},
-    }
-    text = study_file_text(s.command or "fsl", s.flags, resolved)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return text
-
-
 def build_callback(plan: StudyPlan, cluster_resources: dict[str, float], data_hash: str, study_file: str = "") -> Any:
     from fsl.tracking.datasets import study_datasets
     from fsl.tracking.mlflow_callback import MLflowStudyCallback
@@ -450,6 +426,7 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
     from fsl.study.divergence import NoRetryAfterDivergence
     from fsl.study.optuna_store import quiet_optuna, read_warm_start
     from fsl.study.progress import ProgressPrinter
+    from fsl.study.study_file import write_study_file
     from fsl.study.tune_state import KEEP_CHECKPOINTS, study_tune_env, trial_loggers
     from fsl.study.waiting import (
         StudyWaitedTooLong,
@@ -544,6 +521,7 @@ def run_study(plan: StudyPlan) -> StudyOutcome:
 
 
 def study_outcome(plan: StudyPlan) -> StudyOutcome:
+    from fsl.tracking.models import CHAMPION
     from fsl.tracking.run_store import RunStore
     from fsl.tracking.uri import failure_reason
 
@@ -561,6 +539,6 @@ def study_outcome(plan: StudyPlan) -> StudyOutcome:
     if found is not None:
         registered = found.data.tags.get("fsl.registered_model")  # models:/NAME/<version>
         name = registered.removeprefix("models:/").rsplit("/", 1)[0] if registered else None
-        model_uri = f"models:/{name}@champion" if name else found.data.tags.get("fsl.model_uri")
+        model_uri = f"models:/{name}@{CHAMPION}" if name else found.data.tags.get("fsl.model_uri")
     experiment_id = experiment.experiment_id if experiment else None
     return StudyOutcome(table, best, results_csv, parent, experiment_id, model_uri=model_uri)

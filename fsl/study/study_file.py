@@ -111,3 +111,25 @@ def study_file_text(command: str, flags: dict[str, Any], resolved: dict[str, Any
     header += "# 'resolved' records what the flags resolved to; it is not read back.\n"
     body = {"command": command, "flags": flags, "resolved": resolved}
     return header + yaml.safe_dump(body, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def write_study_file(plan: Any) -> str:
+    """The study's (fsl.study.runner.StudyPlan) study.yaml in its folder, written when it starts (a resume keeps
+    the file it started with); its text, which the parent run keeps too."""
+    s = plan.options
+    path = plan.results_dir / STUDY_FILE
+    if s.resume and path.is_file():
+        return path.read_text()
+    resolved = {
+        "study_name": s.study_name,
+        "data": str(plan.data_root),
+        "evaluation": plan.evaluation,
+        "search_space": {name: dim.describe() for name, dim in plan.space.items()},
+        **({"grid": {k: list(v) for k, v in plan.grid.items()}} if plan.grid else {}),
+        "trials": plan.total_trials,
+        "config": {k: v for k, v in plan.base.to_dict().items() if k not in plan.space},
+    }
+    text = study_file_text(s.command or "fsl", s.flags, resolved)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return text

@@ -9,6 +9,7 @@ registered from it, is found and reused, so a resumed study or a replay never ad
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,25 @@ MODEL_NAME = "model"  # the logged model's name on its run
 CHAMPION = "champion"  # the registered version of the study's best trial
 BEST_MODEL_ARTIFACT = "checkpoint/best_model.pt"
 EXAMPLE_IMAGES = 2
+
+
+def best_runs(table: Any, metric: str, groups: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """The child runs to publish as models, each with its registry aliases: `champion` for the study's best
+    trial, `<key>-<value>` for the best trial of each value of a group key (e.g. setting-C)."""
+    score = f"best_{metric}"
+    if table is None or table.empty or score not in table or "mlflow_run_id" not in table:
+        return {}
+    scored = table[table[score].notna() & table["mlflow_run_id"].notna()].sort_values(score, ascending=False)
+    if scored.empty:
+        return {}
+    runs: dict[str, list[str]] = {str(scored["mlflow_run_id"].iloc[0]): [CHAMPION]}
+    for key in groups:
+        if key not in scored:
+            continue
+        for value, rows in scored.groupby(key, sort=False):
+            alias = re.sub(r"[^A-Za-z0-9_-]+", "-", f"{key}-{value}")
+            runs.setdefault(str(rows["mlflow_run_id"].iloc[0]), []).append(alias)
+    return runs
 
 
 def _find_logged_model(client: Any, experiment_id: str, run_id: str) -> str | None:

@@ -61,29 +61,6 @@ def dataset_inputs(datasets: tuple[dict[str, Any], ...]) -> list[DatasetInput]:
     ]
 
 
-def best_runs(table: Any, metric: str, groups: tuple[str, ...] = ()) -> dict[str, list[str]]:
-    """The child runs to publish as models, each with its registry aliases: `champion` for the study's best
-    trial, `<key>-<value>` for the best trial of each value of a group key (e.g. setting-C)."""
-    import re
-
-    from fsl.tracking.models import CHAMPION
-
-    score = f"best_{metric}"
-    if table is None or table.empty or score not in table or "mlflow_run_id" not in table:
-        return {}
-    scored = table[table[score].notna() & table["mlflow_run_id"].notna()].sort_values(score, ascending=False)
-    if scored.empty:
-        return {}
-    runs: dict[str, list[str]] = {str(scored["mlflow_run_id"].iloc[0]): [CHAMPION]}
-    for key in groups:
-        if key not in scored:
-            continue
-        for value, rows in scored.groupby(key, sort=False):
-            alias = re.sub(r"[^A-Za-z0-9_-]+", "-", f"{key}-{value}")
-            runs.setdefault(str(rows["mlflow_run_id"].iloc[0]), []).append(alias)
-    return runs
-
-
 def result_nodes(result: dict) -> list[str]:
     """The Ray node ids a result came from: every rank's node for a Ray Train trial, else the trial's own."""
     nodes = result.get("worker_nodes") or result.get("node_id") or ""
@@ -396,7 +373,7 @@ class StudyRecorder:
     def _publish_models(self, summary: StudySummary) -> dict[str, str]:
         """The best trial, and the best of each model group's value, as MLflow Models of their runs,
         registered when asked (alias `champion` on the best); the parent's tags that point at them."""
-        from fsl.tracking.models import CHAMPION, log_best_model, register
+        from fsl.tracking.models import CHAMPION, best_runs, log_best_model, register
 
         r = self.record
         tags: dict[str, str] = {}
